@@ -1,0 +1,93 @@
+"""Configuration dataclasses: the model's shape and the engine's knobs, each validating itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import InvalidRequestError
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a Llama-family model, read from GGUF metadata or a Hugging Face config.json."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = True
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    name: str = "llama"
+
+    def __post_init__(self) -> None:
+        assert self.num_attention_heads % self.num_key_value_heads == 0, (
+            f"{self.num_attention_heads} query heads do not divide into "
+            f"{self.num_key_value_heads} KV heads")
+
+
+def default_dtype() -> torch.dtype:
+    """bfloat16 on CPUs with native bf16 matmul (measured ~3x faster than fp32 here), and GPUs."""
+    if torch.cuda.is_available():
+        return torch.bfloat16
+    try:
+        return torch.bfloat16 if torch.backends.mkldnn.is_available() and \
+            torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    except (AttributeError, RuntimeError):
+        return torch.float32
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """Map 'auto'/None/'bfloat16'/torch.dtype to a torch dtype."""
+    if dtype is None or dtype == "auto":
+        return default_dtype()
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise InvalidRequestError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+@dataclass
+class EngineConfig:
+    """Engine knobs, named like SGLang's server arguments."""
+
+    model_path: str | None = None
+    dtype: str | torch.dtype | None = "auto"
+    device: str = "auto"
+    max_total_tokens: int | None = None
+    max_running_requests: int = 256
+    max_prefill_tokens: int = 4096
+    chunked_prefill_size: int = 2048
+    disable_radix_cache: bool = False
+    schedule_policy: str = "lpm"
+    disable_regex_jump_forward: bool = False
+    context_length: int | None = None
+    num_threads: int | None = None
+    check_invariants: bool = False  # verify KV accounting after every step (tests)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.schedule_policy not in ("lpm", "fcfs"):
+            raise InvalidRequestError(
+                f"schedule_policy must be 'lpm' or 'fcfs', got {self.schedule_policy!r}")
+        if self.max_total_tokens is not None and self.max_total_tokens < 16:
+            raise InvalidRequestError(f"max_total_tokens={self.max_total_tokens} is too small")
+        if self.chunked_prefill_size <= 0:
+            raise InvalidRequestError("chunked_prefill_size must be positive")
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype = parse_dtype(self.dtype)

@@ -1,0 +1,64 @@
+"""Paged KV memory at page size 1: a token-slot allocator over flat per-layer K/V buffers,
+and the `req_to_token` table that maps each request's positions to its slots."""
+
+from __future__ import annotations
+
+import torch
+
+
+class TokenToKVPool:
+    """Flat K/V buffers of `size` token slots per layer; slot 0 is a scratch slot never handed out.
+
+    `alloc(n)` returns n free slot indices (or None when too few are free); `free(idx)` returns
+    them. Who owns a slot (a running request or the radix cache) is tracked by the caller.
+    """
+
+    def __init__(self, size: int, num_layers: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: str):
+        self.size = size
+        self.k_buffer = [torch.zeros(size + 1, num_kv_heads, head_dim, dtype=dtype, device=device)
+                         for _ in range(num_layers)]  # (S+1, n_kv, hd) each
+        self.v_buffer = [torch.zeros_like(k) for k in self.k_buffer]
+        self.device = device
+        self._free = torch.arange(1, size + 1, dtype=torch.int64)
+        self._num_free = size
+
+    def num_free(self) -> int:
+        return self._num_free
+
+    def alloc(self, n: int) -> torch.Tensor | None:
+        if n > self._num_free:
+            return None
+        out = self._free[self._num_free - n:self._num_free].clone()
+        self._num_free -= n
+        return out
+
+    def free(self, idx: torch.Tensor) -> None:
+        n = idx.numel()
+        if n == 0:
+            return
+        assert self._num_free + n <= self.size, "KV pool double free"
+        self._free[self._num_free:self._num_free + n] = idx.to(torch.int64).cpu()
+        self._num_free += n
+
+    def set_kv(self, layer: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k_buffer[layer][loc] = k
+        self.v_buffer[layer][loc] = v
+
+
+class ReqToTokenPool:
+    """`req_to_token[row, pos]` is the KV slot of position `pos` of the request holding `row`."""
+
+    def __init__(self, max_reqs: int, max_context: int, device: str):
+        self.req_to_token = torch.zeros(max_reqs, max_context, dtype=torch.int64, device=device)
+        self._free_rows = list(range(max_reqs - 1, -1, -1))
+
+    def num_free(self) -> int:
+        return len(self._free_rows)
+
+    def alloc(self) -> int | None:
+        return self._free_rows.pop() if self._free_rows else None
+
+    def free(self, row: int) -> None:
+        assert row not in self._free_rows, f"req_to_token row {row} freed twice"
+        self._free_rows.append(row)

@@ -1,0 +1,116 @@
+"""Load the model and its tokenizer, size the KV pools, and run one ForwardBatch."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from .config import EngineConfig, ModelConfig
+from .forward_batch import ForwardBatch
+from .kv_pool import ReqToTokenPool, TokenToKVPool
+from .loader import load_gguf, load_hf_folder
+from .model.llama import LlamaForCausalLM
+from .model_source import resolve_model_path
+from .tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+_LOADED: dict = {}  # (path, dtype, device) -> (config, model, tokenizer); weights are read-only
+
+
+def load_model(cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Tokenizer]:
+    """Resolve `cfg.model_path`, read weights and tokenizer, build the model in `cfg.dtype`.
+    Engines in one process share a loaded model (inference never writes the weights)."""
+    path = resolve_model_path(cfg.model_path)
+    key = (str(path.resolve()), cfg.dtype, cfg.device)
+    if key not in _LOADED:
+        _LOADED[key] = _load(path, cfg)
+    return _LOADED[key]
+
+
+def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Tokenizer]:
+    t0 = time.perf_counter()
+    if path.is_dir():
+        mcfg, weights = load_hf_folder(path)
+        tok = Tokenizer.from_folder(path, mcfg.eos_token_ids, mcfg.bos_token_id)
+    else:
+        mcfg, weights, reader = load_gguf(path)
+        tok = Tokenizer.from_gguf(reader)
+    if tok.eos_token_ids:
+        mcfg.eos_token_ids = tuple(dict.fromkeys((*mcfg.eos_token_ids, *tok.eos_token_ids)))
+    with torch.device("meta"):
+        model = LlamaForCausalLM(mcfg)
+    model = model.to_empty(device="cpu")
+    model.model.rotary_emb.__init__(mcfg.head_dim, mcfg.max_position_embeddings, mcfg.rope_theta)
+    model.load_weights(weights)
+    model = model.to(device=cfg.device, dtype=cfg.dtype).eval()
+    model.model.rotary_emb.float()
+    logger.info("loaded %s (%s, %d layers) in %.1fs as %s on %s", mcfg.name, path.name,
+                mcfg.num_hidden_layers, time.perf_counter() - t0, cfg.dtype, cfg.device)
+    return mcfg, model, tok
+
+
+class ModelRunner:
+    """Owns the model and the KV pools; turns scheduled requests into a ForwardBatch and runs it."""
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.model_config, self.model, self.tokenizer = load_model(cfg)
+        mc = self.model_config
+        self.context_length = min(cfg.context_length or mc.max_position_embeddings,
+                                  mc.max_position_embeddings)
+        size = cfg.max_total_tokens or self._default_pool_size()
+        self.kv_pool = TokenToKVPool(size, mc.num_hidden_layers, mc.num_key_value_heads,
+                                     mc.head_dim, cfg.dtype, cfg.device)
+        self.req_pool = ReqToTokenPool(cfg.max_running_requests + 1, self.context_length + 1,
+                                       cfg.device)
+        logger.info("KV pool: %d token slots (%.0f MB)", size, self._bytes_per_token() * size / 1e6)
+
+    def _bytes_per_token(self) -> int:
+        mc = self.model_config
+        return 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * \
+            torch.tensor([], dtype=self.cfg.dtype).element_size()
+
+    def _default_pool_size(self) -> int:
+        if self.cfg.device == "cuda":
+            free, _ = torch.cuda.mem_get_info()
+            return int(free * 0.6 // self._bytes_per_token())
+        return max(min(2 * 1024**3 // self._bytes_per_token(), 65536), 4096)  # ~2 GB on CPU
+
+    def forward(self, fb: ForwardBatch, logit_rows: torch.Tensor | None) -> torch.Tensor:
+        return self.model(fb, self.kv_pool, logit_rows)
+
+    def build_batch(self, is_decode: bool, reqs, extend_lens: list[int],
+                    out_cache_loc: torch.Tensor) -> ForwardBatch:
+        """Write new slots into req_to_token and lay the batch out flat."""
+        table = self.req_pool.req_to_token
+        ids, pos, prefix_lens, kv_indices = [], [], [], []
+        for r, n in zip(reqs, extend_lens):
+            start = r.kv_len
+            fill = r.fill_ids
+            ids.extend(fill[start:start + n])
+            pos.extend(range(start, start + n))
+            prefix_lens.append(start)
+        offset = 0
+        for r, n, start in zip(reqs, extend_lens, prefix_lens):
+            table[r.row, start:start + n] = out_cache_loc[offset:offset + n]
+            offset += n
+            if not is_decode:
+                kv_indices.append(table[r.row, :start + n])
+        dev = self.cfg.device
+        fb = ForwardBatch(is_decode, torch.tensor(ids, device=dev), torch.tensor(pos, device=dev),
+                          out_cache_loc.to(dev), prefix_lens, list(extend_lens), kv_indices)
+        if is_decode:
+            seq_lens = torch.tensor([p + 1 for p in prefix_lens], device=dev)
+            max_len = int(seq_lens.max())
+            rows = torch.tensor([r.row for r in reqs], device=dev)
+            ar = torch.arange(max_len, device=dev)
+            mask = ar.unsqueeze(0) < seq_lens.unsqueeze(1)  # (B, L)
+            fb.padded_kv_indices = table[rows, :max_len] * mask
+            fb.kv_mask = mask[:, None, None, :]
+        return fb

@@ -1,0 +1,102 @@
+"""After sampling: append a request's token, advance its constraint, check stop conditions,
+detokenize, record logprobs; and build the result dict SGLang's API returns."""
+
+from __future__ import annotations
+
+import torch
+
+from .request import Req, ReqStatus
+from .tokenizer import IncrementalDecoder, Tokenizer
+
+
+def top_list(row: torch.Tensor, k: int) -> list[tuple[float, int, None]]:
+    vals, ids = row.topk(k)
+    return [(float(v), int(i), None) for v, i in zip(vals, ids)]
+
+
+def record_input_logprobs(req: Req, logprobs: torch.Tensor, start_pos: int) -> None:
+    """`logprobs[j]` is the distribution after prompt position start_pos + j; keep the entries
+    that score prompt tokens at positions >= logprob_start_len."""
+    ids = req.input_ids
+    if not req.input_token_logprobs and req.logprob_start_len == 0:
+        req.input_token_logprobs.append((None, ids[0], None))
+        if req.top_logprobs_num:
+            req.input_top_logprobs.append(None)
+    for j in range(logprobs.shape[0]):
+        target = start_pos + j + 1
+        if target < req.logprob_start_len or target >= len(ids):
+            continue
+        req.input_token_logprobs.append((float(logprobs[j, ids[target]]), ids[target], None))
+        if req.top_logprobs_num:
+            req.input_top_logprobs.append(top_list(logprobs[j], req.top_logprobs_num))
+
+
+def append_token(req: Req, token: int, logprobs: torch.Tensor | None, tok: Tokenizer,
+                 eos_ids: tuple[int, ...]) -> None:
+    """Add one sampled token and finish the request if a stop condition holds."""
+    p = req.params
+    req.output_ids.append(token)
+    if req.token_counts is not None:
+        req.token_counts[token] += 1
+    if req.return_logprob and logprobs is not None:
+        req.output_token_logprobs.append((float(logprobs[token]), token, None))
+        if req.top_logprobs_num:
+            req.output_top_logprobs.append(top_list(logprobs, req.top_logprobs_num))
+    if req.constraint is not None:
+        if token in eos_ids:
+            return finish(req, {"type": "stop", "matched": token})
+        req.fsm_state = req.constraint.next_state(req.fsm_state, token)
+        assert req.fsm_state >= 0, f"constraint allowed token {token} but has no transition"
+    elif not p.ignore_eos and token in eos_ids:
+        return finish(req, {"type": "stop", "matched": token})
+    if p.stop_token_ids and token in p.stop_token_ids:
+        return finish(req, {"type": "stop", "matched": token})
+    update_text(req, tok)
+    for s in p.stop_strs:
+        # only the tail can hold a new match
+        at = req.text.find(s, max(0, len(req.text) - len(s) - 16))
+        if at >= 0:
+            if not p.no_stop_trim:
+                req.text = req.text[:at]
+            return finish(req, {"type": "stop", "matched": s}, keep_text=True)
+    if req.constraint is not None and req.constraint.is_finished(req.fsm_state):
+        return finish(req, {"type": "stop", "matched": "constraint"})
+    if len(req.output_ids) >= p.max_new_tokens:
+        return finish(req, {"type": "length", "length": p.max_new_tokens})
+
+
+def update_text(req: Req, tok: Tokenizer) -> None:
+    if req.decoder is None:
+        req.decoder = IncrementalDecoder(tok, req.params.skip_special_tokens)
+    req.decoder.step(req.output_ids)
+    req.text = req.decoder.text
+
+
+def finish(req: Req, reason: dict, keep_text: bool = False) -> None:
+    if not keep_text and req.decoder is not None:
+        req.decoder.flush(req.output_ids)
+        req.text = req.decoder.text
+    req.finish_reason = reason
+    req.status = ReqStatus.FINISHED
+
+
+def make_result(req: Req) -> dict:
+    """The dict `Engine.generate` returns (SGLang's layout)."""
+    meta = {
+        "id": str(req.rid),
+        "prompt_tokens": len(req.input_ids),
+        "completion_tokens": len(req.output_ids),
+        "cached_tokens": req.cached_tokens,
+        "finish_reason": req.finish_reason,
+    }
+    if req.num_jump_forward_tokens:
+        meta["jump_forward_tokens"] = req.num_jump_forward_tokens
+    if req.return_logprob:
+        meta["input_token_logprobs"] = list(req.input_token_logprobs)
+        meta["output_token_logprobs"] = list(req.output_token_logprobs)
+        if req.top_logprobs_num:
+            meta["input_top_logprobs"] = list(req.input_top_logprobs)
+            meta["output_top_logprobs"] = list(req.output_top_logprobs)
+        lps = [lp for lp, _, _ in req.input_token_logprobs if lp is not None]
+        meta["normalized_prompt_logprob"] = sum(lps) / len(lps) if lps else 0.0
+    return {"text": req.text, "output_ids": list(req.output_ids), "meta_info": meta}

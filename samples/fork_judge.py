@@ -1,0 +1,31 @@
+"""Fork and judge: sample several answers in parallel branches, then let the model judge
+which candidate is best. The question is computed once; the branches share it."""
+
+import sglc as sgl
+
+
+@sgl.function
+def answer_and_judge(s, question, num_candidates=3):
+    s += "Question: " + question + "\n"
+    forks = s.fork(num_candidates)
+    forks += "Answer:" + sgl.gen("answer", max_tokens=20, stop="\n", temperature=0.8)
+    forks.join()  # s["answer"] is now the list of the branches' answers
+
+    s += "\nCandidate answers:\n"
+    for i, answer in enumerate(s["answer"]):
+        s += f"{i + 1}. {answer.strip()}\n"
+    s += "\nJudge: the most accurate and helpful candidate is number "
+    s += sgl.select("best", choices=[str(i + 1) for i in range(num_candidates)])
+
+
+def main(question="Why do leaves change color in autumn?"):
+    state = answer_and_judge.run(question=question)
+    for i, answer in enumerate(state["answer"]):
+        print(f"candidate {i + 1}: {answer.strip()}")
+    best = int(state["best"])
+    print(f"judge picks {best}: {state['answer'][best - 1].strip()}")
+    return state["answer"], best
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""sglc: an ahead-of-time compiler and runtime for SGLang programs (`import sglc as sgl`)."""
+
+from sglc_runtime.errors import SglcError
+
+from .lang.api import (
+    assistant, assistant_begin, assistant_end, flush_cache, function, gen, gen_int, gen_string,
+    get_default_backend, select, set_default_backend, system, system_begin, system_end, user,
+    user_begin, user_end,
+)
+from .lang.chat_template import ChatTemplate, get_chat_template, register_chat_template
+from .lang.choices import (
+    greedy_token_selection, token_length_normalized, unconditional_likelihood_normalized,
+)
+from .lang.function import SglFunction
+from .lang.primitives import ProgramError
+from .lang.state import ProgramState, ProgramStateGroup
+
+__version__ = "0.1.0"
+__all__ = [
+    "SglcError", "ProgramError", "function", "gen", "gen_int", "gen_string", "select",
+    "system", "user", "assistant", "system_begin", "system_end", "user_begin", "user_end",
+    "assistant_begin", "assistant_end", "set_default_backend", "get_default_backend",
+    "flush_cache", "Runtime", "Engine", "RuntimeBackend", "ChatTemplate", "get_chat_template",
+    "register_chat_template", "token_length_normalized", "greedy_token_selection",
+    "unconditional_likelihood_normalized", "SglFunction", "ProgramState", "ProgramStateGroup",
+]
+
+
+def __getattr__(name: str):
+    # Runtime and Engine import torch and the engine; load them on first use only
+    if name == "Runtime":
+        from .backend.runtime import Runtime
+
+        return Runtime
+    if name == "RuntimeBackend":
+        from .backend.runtime import RuntimeBackend
+
+        return RuntimeBackend
+    if name == "Engine":
+        from sglc_runtime.engine import Engine
+
+        return Engine
+    raise AttributeError(f"module 'sglc' has no attribute {name!r}")

@@ -1,0 +1,66 @@
+"""The backend interface: what the interpreter and the graph executor ask of a model server.
+
+Every method takes the program's text so far as a plain string, so one backend serves both the
+eager interpreter (`sglc.lang`) and the compiled-graph executor. Methods are called from many
+threads at once; a backend must be thread-safe and should let concurrent calls batch together."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from ..lang.chat_template import ChatTemplate
+from ..lang.choices import ChoicesDecision, ChoicesSamplingMethod
+from ..lang.primitives import SglSamplingParams
+
+
+class BaseBackend:
+    """Implementations: `RuntimeBackend`/`Runtime` (in-process engine); HTTP endpoint and OpenAI
+    backends follow the same interface."""
+
+    #: can `select` score choices by logprobs (an OpenAI chat backend cannot)
+    supports_select: bool = True
+    #: True for chat-only APIs; the interpreter then sends messages instead of text
+    is_chat_model: bool = False
+
+    def get_chat_template(self) -> ChatTemplate:
+        """The template roles are rendered with (the model's own where it has one)."""
+        raise NotImplementedError
+
+    def stop_token_ids(self, stop_strs: tuple[str, ...]) -> tuple[int, ...]:
+        """Token ids of those stop strings that are single special tokens (a template's end of
+        turn is often one, and skipped from the text, so a stop string alone would not fire)."""
+        return ()
+
+    def generate(self, prompt: str, params: SglSamplingParams) -> tuple[str, dict]:
+        """Generate after `prompt`; return (text, meta_info)."""
+        raise NotImplementedError
+
+    def generate_stream(self, prompt: str, params: SglSamplingParams
+                        ) -> Iterator[tuple[str, dict]]:
+        """Yield (new text piece, meta_info so far); the last piece's meta_info is final."""
+        text, meta = self.generate(prompt, params)
+        yield text, meta
+
+    def generate_many(self, prompts: list[str], params: list[SglSamplingParams]
+                      ) -> list[tuple[str, dict]]:
+        """Several independent generations submitted together so they batch."""
+        return [self.generate(p, sp) for p, sp in zip(prompts, params)]
+
+    def select(self, prompt: str, choices: list[str], temperature: float,
+               choices_method: ChoicesSamplingMethod) -> ChoicesDecision:
+        """Score each of `choices` as a continuation of `prompt` and pick one."""
+        raise NotImplementedError
+
+    def cache_prefix(self, prefix: str) -> None:
+        """Compute and cache `prefix` (a fork's shared text, a batch's constant prefix) so later
+        requests that start with it reuse it. A no-op for backends without a prefix cache."""
+
+    def flush_cache(self) -> bool:
+        """Drop cached prefixes; return whether anything was done."""
+        return False
+
+    def end_program(self, state) -> None:
+        """Called when a program state ends (lets stateful backends free per-program data)."""
+
+    def shutdown(self) -> None:
+        """Release the model server if this backend owns it."""

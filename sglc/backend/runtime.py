@@ -1,0 +1,175 @@
+"""The in-process backend: programs call `sglc_runtime.engine.Engine` directly (no server)."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import Iterator
+
+from sglc_runtime.engine import Engine
+
+from ..lang.chat_template import ChatTemplate, get_chat_template, template_for_model
+from ..lang.choices import ChoicesDecision, ChoicesSamplingMethod
+from ..lang.primitives import ProgramError, SglSamplingParams
+from .base import BaseBackend
+
+
+def _common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class RuntimeBackend(BaseBackend):
+    """Runs programs on an existing `Engine`; concurrent calls batch inside the engine."""
+
+    def __init__(self, engine: Engine, chat_template: str | ChatTemplate | None = None):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self._chat_template = (get_chat_template(chat_template)
+                               if isinstance(chat_template, str) else chat_template)
+        self._lock = threading.Lock()
+
+    # ---- chat template ------------------------------------------------------------------------
+    def get_chat_template(self) -> ChatTemplate:
+        with self._lock:
+            if self._chat_template is None:
+                self._chat_template = template_for_model(
+                    self._render, self.tokenizer.chat_template,
+                    name=str(getattr(self.engine.config, "model_path", None) or "model"))
+            return self._chat_template
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt)
+        tok = self.tokenizer
+        if tok.add_bos and tok.bos_token_id is not None:  # encode() adds it again
+            bos = tok.tk.id_to_token(tok.bos_token_id)
+            if bos and text.startswith(bos):
+                text = text[len(bos):]
+        return text
+
+    def stop_token_ids(self, stop_strs: tuple[str, ...]) -> tuple[int, ...]:
+        ids = []
+        for s in stop_strs:
+            enc = self.tokenizer.encode(s, add_special_tokens=False)
+            if len(enc) == 1 and enc[0] in self.tokenizer.special_ids:
+                ids.append(enc[0])
+        return tuple(ids)
+
+    # ---- generation ---------------------------------------------------------------------------
+    def _prompt_args(self, prompt: str) -> dict:
+        """An empty prompt starts from the BOS token (the engine rejects 0-token prompts)."""
+        if prompt or self.tokenizer.bos_token_id is None:
+            return {"prompt": prompt}
+        return {"input_ids": [self.tokenizer.bos_token_id]}
+
+    def generate(self, prompt: str, params: SglSamplingParams) -> tuple[str, dict]:
+        sp, lp = params.to_request()
+        out = self.engine.generate(**self._prompt_args(prompt), sampling_params=sp, **lp)
+        return out["text"], out["meta_info"]
+
+    def generate_stream(self, prompt: str, params: SglSamplingParams
+                        ) -> Iterator[tuple[str, dict]]:
+        sp, lp = params.to_request()
+        for chunk in self.engine.generate(**self._prompt_args(prompt), sampling_params=sp,
+                                          stream=True, **lp):
+            yield chunk["text"], chunk["meta_info"]
+
+    def cache_prefix(self, prefix: str) -> None:
+        if prefix:
+            self.engine.generate(prompt=prefix, sampling_params={"max_new_tokens": 0})
+
+    # ---- select -------------------------------------------------------------------------------
+    def select(self, prompt: str, choices: list[str], temperature: float,
+               choices_method: ChoicesSamplingMethod) -> ChoicesDecision:
+        """One max_new_tokens=0 request per choice, all submitted together, each scoring the
+        tokens from where `prompt + choice` stops tokenizing like `prompt` (so a token that
+        spans the boundary is scored whole)."""
+        if temperature > 1e-5:
+            raise ProgramError(f"select: temperature={temperature} is not supported (only 0: "
+                               "the most likely choice is taken)")
+        tok = self.tokenizer
+        prefix_ids = tok.encode(prompt) if prompt else []
+        full_ids = [tok.encode(prompt + c) for c in choices]
+        if not prefix_ids and tok.bos_token_id is not None:
+            # no context: condition every choice on BOS so its first token is scored too
+            prefix_ids = [tok.bos_token_id]
+            full_ids = [prefix_ids + ids for ids in full_ids]
+        starts = [min(_common_prefix_len(prefix_ids, ids), len(ids) - 1) for ids in full_ids]
+        if len(choices) > 1 and len(prefix_ids) > 1:
+            # compute the shared context once; the choice requests then hit the prefix cache
+            self.engine.generate(input_ids=prefix_ids, sampling_params={"max_new_tokens": 0})
+        outs = self.engine.generate(input_ids=full_ids,
+                                    sampling_params={"max_new_tokens": 0, "temperature": 0},
+                                    return_logprob=True, logprob_start_len=starts)
+        # position 0 (no BOS, empty prompt) has no logprob: score the choice without it
+        input_lps = [[t for t in self._with_text(o["meta_info"]["input_token_logprobs"])
+                      if t[0] is not None] for o in outs]
+        normalized = [o["meta_info"]["normalized_prompt_logprob"] for o in outs]
+        output_lps = [o["meta_info"]["output_token_logprobs"] for o in outs]
+        uncond = None
+        if choices_method.requires_unconditional_logprobs:
+            uncond = self._unconditional(input_lps)
+        return choices_method(choices=choices, normalized_prompt_logprobs=normalized,
+                              input_token_logprobs=input_lps,
+                              output_token_logprobs=output_lps,
+                              unconditional_token_logprobs=uncond)
+
+    def _unconditional(self, input_lps: list[list]) -> list[list]:
+        """Each choice's tokens scored on their own (the first token has no logprob: None)."""
+        ids = [[t[1] for t in lps] for lps in input_lps]
+        nonempty = [i for i, x in enumerate(ids) if x]
+        outs = self.engine.generate(input_ids=[ids[i] for i in nonempty],
+                                    sampling_params={"max_new_tokens": 0},
+                                    return_logprob=True, logprob_start_len=0)
+        result: list[list] = [[] for _ in ids]
+        for i, o in zip(nonempty, outs):
+            lps = self._with_text(o["meta_info"]["input_token_logprobs"])
+            if len(lps) < len(ids[i]):  # the engine leaves out the leading (None, id) at times
+                lps = [(None, ids[i][0], self.tokenizer.decode([ids[i][0]]))] + lps
+            result[i] = lps
+        return result
+
+    def _with_text(self, lps: list) -> list:
+        return [(lp, tid, self.tokenizer.decode([tid])) for lp, tid, _ in lps]
+
+
+class Runtime(RuntimeBackend):
+    """`sgl.Runtime(model_path=None, **engine_args)`: starts an `Engine` in this process (or
+    wraps `engine=` given) and is the backend programs run on; `shutdown()` stops it."""
+
+    def __init__(self, model_path: str | None = None, *, engine: Engine | None = None,
+                 chat_template: str | ChatTemplate | None = None, **engine_args):
+        self._owns_engine = engine is None
+        if engine is None:
+            engine = Engine(model_path=model_path, **engine_args)
+            atexit.register(self.shutdown)
+        elif model_path is not None or engine_args:
+            raise ProgramError("give either engine= or model_path/engine arguments, not both")
+        super().__init__(engine, chat_template)
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def generate(self, prompt, params=None, **kwargs):
+        """Backend call (`params` an SglSamplingParams), or SGLang's `Runtime.generate(prompt,
+        sampling_params={...})` returning the engine's result dict."""
+        if isinstance(params, SglSamplingParams):
+            return super().generate(prompt, params)
+        return self.engine.generate(prompt=prompt, sampling_params=params, **kwargs)
+
+    async def async_generate(self, prompt: str, sampling_params: dict | None = None, **kwargs):
+        return await self.engine.async_generate(prompt=prompt, sampling_params=sampling_params,
+                                                **kwargs)
+
+    def shutdown(self) -> None:
+        if self._owns_engine:
+            self.engine.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()

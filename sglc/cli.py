@@ -1,0 +1,102 @@
+"""The `sglc` command line: generate text, serve the OpenAI API, compile and run programs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from sglc_runtime.errors import SglcError
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Engine flags, named like SGLang's and vLLM's server arguments."""
+    g = p.add_argument_group("engine")
+    g.add_argument("--model-path", default=None,
+                   help="a .gguf file or Hugging Face folder (default: SmolLM2-135M-Instruct)")
+    g.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
+    g.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size in tokens")
+    g.add_argument("--max-running-requests", type=int, default=256)
+    g.add_argument("--chunked-prefill-size", type=int, default=2048)
+    g.add_argument("--schedule-policy", default="lpm", choices=["lpm", "fcfs"])
+    g.add_argument("--disable-radix-cache", action="store_true")
+    g.add_argument("--disable-regex-jump-forward", action="store_true")
+    g.add_argument("--log-level", default="warning")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    return dict(model_path=args.model_path, dtype=args.dtype,
+                max_total_tokens=args.max_total_tokens,
+                max_running_requests=args.max_running_requests,
+                chunked_prefill_size=args.chunked_prefill_size,
+                schedule_policy=args.schedule_policy,
+                disable_radix_cache=args.disable_radix_cache,
+                disable_regex_jump_forward=args.disable_regex_jump_forward)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from sglc_runtime.engine import Engine
+
+    eng = Engine(**engine_kwargs(args))
+    try:
+        prompt = args.prompt
+        if args.chat:
+            prompt = eng.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+        params = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+        for chunk in eng.generate(prompt, params, stream=True):
+            sys.stdout.write(chunk["text"])
+            sys.stdout.flush()
+            if "finish_reason" in chunk["meta_info"]:
+                meta = chunk["meta_info"]
+        sys.stdout.write("\n")
+        logging.getLogger("sglc").info("meta_info: %s", json.dumps(meta))
+    finally:
+        eng.shutdown()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sglc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate text for one prompt (streams to stdout)")
+    g.add_argument("prompt")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    add_engine_args(g)
+    g.set_defaults(func=cmd_generate)
+    for extra in _extra_commands():
+        extra(sub)
+    return parser
+
+
+def _extra_commands():
+    """Subcommands defined next to what they drive (server, compiler)."""
+    cmds = []
+    try:
+        from sglc_runtime.server.cli import add_serve_command
+        cmds.append(add_serve_command)
+    except ImportError:
+        pass
+    try:
+        from .compile_cli import add_compile_commands
+        cmds.append(add_compile_commands)
+    except ImportError:
+        pass
+    return cmds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except SglcError as e:
+        print(f"sglc: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

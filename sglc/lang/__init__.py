@@ -1,0 +1,1 @@
+"""The SGLang language: primitives, the eager interpreter and program states (see api.py)."""

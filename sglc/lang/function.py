@@ -1,0 +1,112 @@
+"""`SglFunction`: what `@sgl.function` makes of a Python function; runs it eagerly."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from .primitives import ProgramError, SglSamplingParams
+
+
+def _defaults(max_new_tokens, min_new_tokens, stop, stop_token_ids, temperature, top_p, top_k,
+              min_p, frequency_penalty, presence_penalty, repetition_penalty, ignore_eos,
+              return_logprob, logprob_start_len, top_logprobs_num) -> SglSamplingParams:
+    return SglSamplingParams(
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, stop=stop,
+        stop_token_ids=stop_token_ids, temperature=temperature, top_p=top_p, top_k=top_k,
+        min_p=min_p, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+        repetition_penalty=repetition_penalty, ignore_eos=ignore_eos,
+        return_logprob=return_logprob, logprob_start_len=logprob_start_len,
+        top_logprobs_num=top_logprobs_num)
+
+
+class SglFunction:
+    """A program: `func(s, *args)` appends to the state `s`. `run` executes it once,
+    `run_batch` many times concurrently; the sampling arguments of both are the defaults of
+    every `gen` in the program (a gen's own arguments win)."""
+
+    def __init__(self, func: Callable, num_api_spec_tokens: int | None = None,
+                 bind_arguments: dict | None = None):
+        params = list(inspect.signature(func).parameters.values())
+        if not params or params[0].kind not in (params[0].POSITIONAL_ONLY,
+                                                params[0].POSITIONAL_OR_KEYWORD):
+            raise ProgramError(f"@function {func.__qualname__}: the first parameter must be the "
+                               "program state `s`")
+        self.func = func
+        self.num_api_spec_tokens = num_api_spec_tokens
+        self.bind_arguments = dict(bind_arguments or {})
+        self.arg_names = [p.name for p in params[1:]]
+        self.arg_defaults = [p.default for p in params[1:] if p.default is not p.empty]
+        self.__name__ = getattr(func, "__name__", "program")
+        self.__doc__ = func.__doc__
+
+    def bind(self, **kwargs) -> SglFunction:
+        """A copy with some arguments fixed."""
+        unknown = [k for k in kwargs if k not in self.arg_names]
+        if unknown:
+            raise ProgramError(f"{self.__name__}.bind: no parameter(s) {', '.join(unknown)}; "
+                               f"it takes {', '.join(self.arg_names) or 'none'}")
+        return SglFunction(self.func, self.num_api_spec_tokens,
+                           {**self.bind_arguments, **kwargs})
+
+    def run(self, *args, max_new_tokens: int = 128, min_new_tokens: int | None = None,
+            stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None,
+            temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1,
+            min_p: float = 0.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+            repetition_penalty: float | None = None, ignore_eos: bool = False,
+            return_logprob: bool | None = None, logprob_start_len: int | None = None,
+            top_logprobs_num: int | None = None, stream: bool = False, backend=None,
+            **kwargs):
+        """Run the program once; returns its `ProgramState`. Raises the program's error."""
+        from .api import resolve_backend
+        from .interpreter import run_program
+
+        defaults = _defaults(max_new_tokens, min_new_tokens, stop, stop_token_ids,
+                             temperature, top_p, top_k, min_p, frequency_penalty,
+                             presence_penalty, repetition_penalty, ignore_eos, return_logprob,
+                             logprob_start_len, top_logprobs_num)
+        return run_program(self, resolve_backend(backend), args, kwargs, defaults, stream)
+
+    def run_batch(self, batch_kwargs, *, max_new_tokens: int = 128,
+                  min_new_tokens: int | None = None, stop: str | list[str] | None = None,
+                  stop_token_ids: list[int] | None = None, temperature: float = 1.0,
+                  top_p: float = 1.0, top_k: int = -1, min_p: float = 0.0,
+                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                  repetition_penalty: float | None = None, ignore_eos: bool = False,
+                  return_logprob: bool | None = None, logprob_start_len: int | None = None,
+                  top_logprobs_num: int | None = None, backend=None,
+                  num_threads: int | str = "auto", progress_bar: bool = False):
+        """Run the program once per argument dict (or positional tuple), concurrently; returns
+        the states in order. A failed program's error is on its state (`state.error()`)."""
+        from .api import resolve_backend
+        from .interpreter import run_program_batch
+
+        if not isinstance(batch_kwargs, (list, tuple)):
+            raise ProgramError("run_batch takes a list of argument dicts")
+        if not batch_kwargs:
+            return []
+        batch_kwargs = [self._as_kwargs(a) for a in batch_kwargs]
+        defaults = _defaults(max_new_tokens, min_new_tokens, stop, stop_token_ids,
+                             temperature, top_p, top_k, min_p, frequency_penalty,
+                             presence_penalty, repetition_penalty, ignore_eos, return_logprob,
+                             logprob_start_len, top_logprobs_num)
+        return run_program_batch(self, resolve_backend(backend), batch_kwargs, defaults,
+                                 num_threads, progress_bar)
+
+    def _as_kwargs(self, args) -> dict:
+        if isinstance(args, dict):
+            return args
+        if not isinstance(args, (list, tuple)):
+            raise ProgramError(f"run_batch: each item must be a dict or a tuple of arguments, "
+                               f"got {type(args).__name__}")
+        num_required = len(self.arg_names) - len(self.arg_defaults)
+        if not num_required <= len(args) <= len(self.arg_names):
+            raise ProgramError(f"run_batch: {len(args)} positional arguments for "
+                               f"{self.__name__}({', '.join(self.arg_names)})")
+        return dict(zip(self.arg_names, args))
+
+    def __call__(self, *args, **kwargs):
+        return self.run(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"SglFunction({self.__name__})"

@@ -1,0 +1,349 @@
+"""The eager interpreter: a `StreamExecutor` runs one program state's expressions in order on a
+worker thread, so `s += gen(...)` returns at once and states (forks, batch programs) generate
+concurrently; `run_program` and `run_program_batch` drive whole programs."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .primitives import (
+    ProgramError, SglCommitLazy, SglConcateAndAppend, SglConstantText, SglExpr, SglExprList,
+    SglGen, SglRoleBegin, SglRoleEnd, SglSamplingParams, SglSelect, SglVarScopeBegin,
+    SglVarScopeEnd, var_names,
+)
+
+
+class StreamExecutor:
+    """Executes a state's expressions against a backend and holds its text, variables, chat
+    messages and the first error. Everything it mutates is guarded by `cond`, which is notified
+    on every change (streaming readers wait on it)."""
+
+    def __init__(self, backend, arguments: dict, default_params: SglSamplingParams,
+                 chat_template=None, stream: bool = False,
+                 num_api_spec_tokens: int | None = None, use_thread: bool = True):
+        self.backend = backend
+        self.arguments = arguments
+        self.default_params = default_params
+        self.stream = stream
+        self.num_api_spec_tokens = num_api_spec_tokens  # only chat-API backends speculate
+        self.chat_template = chat_template or backend.get_chat_template()
+
+        self.text_ = ""
+        self.variables: dict[str, Any] = {}
+        self.meta_info: dict[str, Any] = {}
+        self.variable_event: dict[str, threading.Event] = {}
+        self.messages_: list[dict] = []
+        self.cur_role: str | None = None
+        self.cur_role_begin_pos: int | None = None
+        self.fork_start_text_pos: int | None = None
+        self.error_: BaseException | None = None
+        self.is_finished = False
+        self.cond = threading.Condition()
+        self._stop_ids: tuple[int, ...] | None = None
+        self._ended = False
+        self.program_thread: threading.Thread | None = None  # runs a streamed program
+
+        self.use_thread = use_thread
+        if use_thread:
+            self.queue: queue.Queue = queue.Queue()
+            self.worker = threading.Thread(target=self._worker, daemon=True,
+                                           name="sglc-program")
+            self.worker.start()
+
+    # ---- called from the program's thread -----------------------------------------------------
+    def submit(self, expr: SglExpr, loc: str | None = None) -> None:
+        for name in var_names(expr):
+            self.variable_event[name] = threading.Event()
+        if self.use_thread:
+            self.queue.put((expr, loc))
+        else:
+            self._execute(expr)
+
+    def sync(self) -> None:
+        """Wait for everything appended so far (for a streamed program: for all of it)."""
+        t = self.program_thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+        if self.use_thread:
+            self.queue.join()
+
+    def end(self) -> None:
+        """No more expressions will come; the worker finishes the queued ones and exits."""
+        if self.use_thread and not self._ended:
+            self._ended = True
+            self.queue.put(None)
+        self.backend.end_program(self)
+
+    def get_var(self, name: str):
+        ev = self.variable_event.get(name)
+        if ev is not None:
+            ev.wait()
+        with self.cond:
+            if name in self.variables:
+                return self.variables[name]
+            if self.error_ is not None:
+                raise self.error_
+        raise ProgramError(f"the program has no variable {name!r} (it has: "
+                           f"{', '.join(map(repr, self.variables)) or 'none'})")
+
+    def set_var(self, name: str, value) -> None:
+        with self.cond:
+            self.variables[name] = value
+            self.cond.notify_all()
+
+    def get_meta_info(self, name: str):
+        ev = self.variable_event.get(name)
+        if ev is not None:
+            ev.wait()
+        return self.meta_info.get(name)
+
+    def fail(self, err: BaseException) -> None:
+        """Record the first error; wake everyone waiting on a variable (they raise it)."""
+        with self.cond:
+            if self.error_ is None:
+                self.error_ = err
+            for ev in self.variable_event.values():
+                ev.set()
+            self.cond.notify_all()
+
+    def fork(self, size: int) -> list[StreamExecutor]:
+        """Children start with copies of this state's text, variables and messages. With more
+        than one child the text so far is committed first, so all of them hit the cache."""
+        size = int(size)
+        if size < 1:
+            raise ProgramError(f"fork({size}): the number of branches must be >= 1")
+        if size > 1:
+            self.submit(SglCommitLazy())
+        self.sync()
+        if self.error_ is not None:
+            raise self.error_
+        children = []
+        for _ in range(size):
+            c = StreamExecutor(self.backend, self.arguments, self.default_params,
+                               self.chat_template, self.stream, use_thread=self.use_thread)
+            c.text_ = self.text_
+            c.variables = dict(self.variables)
+            c.meta_info = dict(self.meta_info)
+            c.messages_ = list(self.messages_)
+            c.cur_role, c.cur_role_begin_pos = self.cur_role, self.cur_role_begin_pos
+            c.fork_start_text_pos = len(self.text_)
+            children.append(c)
+        return children
+
+    # ---- the worker -------------------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                self.queue.task_done()
+                break
+            expr, loc = item
+            if self.error_ is None:  # after an error the rest of the program is skipped
+                try:
+                    self._execute(expr)
+                except BaseException as e:  # noqa: BLE001 - recorded, re-raised to the caller
+                    if loc and hasattr(e, "add_note"):
+                        e.add_note(f"while running {expr!r} appended at {loc}")
+                    self.fail(e)
+            self.queue.task_done()
+        with self.cond:
+            self.is_finished = True
+            self.cond.notify_all()
+
+    def _execute(self, expr: SglExpr) -> None:
+        if isinstance(expr, SglConstantText):
+            self._fill(expr.value)
+        elif isinstance(expr, SglExprList):
+            for x in expr.expr_list:
+                self._execute(x)
+        elif isinstance(expr, SglGen):
+            self._execute_gen(expr)
+        elif isinstance(expr, SglSelect):
+            self._execute_select(expr)
+        elif isinstance(expr, SglRoleBegin):
+            self._execute_role_begin(expr)
+        elif isinstance(expr, SglRoleEnd):
+            self._execute_role_end(expr)
+        elif isinstance(expr, SglVarScopeBegin):
+            self._set(expr.name, len(self.text_), event=False)
+        elif isinstance(expr, SglVarScopeEnd):
+            self._set(expr.name, self.text_[self.variables[expr.name]:])
+        elif isinstance(expr, SglCommitLazy):
+            self.backend.cache_prefix(self.text_)
+        elif isinstance(expr, SglConcateAndAppend):
+            self._execute_concate_and_append(expr)
+        else:
+            raise ProgramError(f"cannot execute {expr!r}")
+
+    def _fill(self, value: str) -> None:
+        with self.cond:
+            self.text_ += value
+            self.cond.notify_all()
+
+    def _set(self, name: str | None, value, meta=None, event: bool = True) -> None:
+        if name is None:
+            return
+        with self.cond:
+            self.variables[name] = value
+            if meta is not None:
+                self.meta_info[name] = meta
+            if event:
+                self.variable_event.setdefault(name, threading.Event()).set()
+            self.cond.notify_all()
+
+    def resolve_sampling_params(self, params: SglSamplingParams) -> SglSamplingParams:
+        """The program's defaults overlaid with the gen's own; in an assistant turn the chat
+        template's end-of-turn also stops generation."""
+        merged = self.default_params.merge(params)
+        if self.cur_role != "assistant":
+            return merged
+        stop_strs = tuple(self.chat_template.stop_str)
+        if self._stop_ids is None:
+            self._stop_ids = self.backend.stop_token_ids(stop_strs)
+        return merged.with_extra_stop(stop_strs, self._stop_ids)
+
+    def _execute_gen(self, expr: SglGen) -> None:
+        params = self.resolve_sampling_params(expr.sampling_params)
+        if not self.stream:
+            comp, meta = self.backend.generate(self.text_, params)
+            self._fill(comp)
+            self._set(expr.name, comp, meta)
+            return
+        name = expr.name
+        with self.cond:
+            if name is not None:
+                self.variables[name] = ""
+        meta = {}
+        for piece, meta in self.backend.generate_stream(self.text_, params):
+            with self.cond:
+                self.text_ += piece
+                if name is not None:
+                    self.variables[name] += piece
+                    self.meta_info[name] = meta
+                self.cond.notify_all()
+        self._set(name, self.variables.get(name, ""), meta)
+
+    def _execute_select(self, expr: SglSelect) -> None:
+        decision = self.backend.select(self.text_, expr.choices, expr.temperature,
+                                       expr.choices_method)
+        self._fill(decision.decision)
+        self._set(expr.name, decision.decision, decision.meta_info)
+
+    def _execute_role_begin(self, expr: SglRoleBegin) -> None:
+        if self.cur_role is not None:
+            raise ProgramError(f"role {expr.role!r} begins inside role {self.cur_role!r}; "
+                               "roles do not nest")
+        default_system = self.chat_template.default_system_prompt
+        if not self.messages_ and expr.role != "system" and default_system:
+            self._execute_role_begin(SglRoleBegin("system"))
+            self._fill(default_system)
+            self._execute_role_end(SglRoleEnd("system"))
+        prefix, _ = self.chat_template.get_prefix_and_suffix(expr.role, self.messages_)
+        self.cur_role = expr.role
+        self._fill(prefix)
+        self.cur_role_begin_pos = len(self.text_)
+
+    def _execute_role_end(self, expr: SglRoleEnd) -> None:
+        if self.cur_role != expr.role:
+            raise ProgramError(f"role {expr.role!r} ends but the open role is {self.cur_role!r}")
+        content = self.text_[self.cur_role_begin_pos:].lstrip()
+        _, suffix = self.chat_template.get_prefix_and_suffix(expr.role, self.messages_)
+        self.cur_role = None
+        self._fill(suffix)
+        with self.cond:
+            self.messages_.append({"role": expr.role, "content": content})
+
+    def _execute_concate_and_append(self, expr: SglConcateAndAppend) -> None:
+        for state in expr.states:
+            child = state.stream_executor
+            child.sync()
+            if child.error_ is not None:
+                raise child.error_
+            self._fill(child.text_[child.fork_start_text_pos:])
+
+
+def make_state(program, backend, kwargs: dict, default_params: SglSamplingParams,
+               stream: bool = False):
+    from .state import ProgramState
+
+    exe = StreamExecutor(backend, kwargs, default_params, stream=stream,
+                         num_api_spec_tokens=program.num_api_spec_tokens)
+    return ProgramState(exe)
+
+
+def execute(state, program, args: tuple, kwargs: dict) -> None:
+    """Run the program's function on `state` to the end; raise its first error."""
+    exe = state.stream_executor
+    try:
+        state.ret_value = program.func(state, *args, **kwargs)
+    except BaseException as e:
+        exe.fail(e)  # the worker skips what is still queued
+        raise
+    finally:
+        exe.end()
+        exe.sync()
+    if exe.error_ is not None:
+        raise exe.error_
+
+
+def run_program(program, backend, args: tuple, kwargs: dict,
+                default_params: SglSamplingParams, stream: bool):
+    """Run one program; with `stream` it runs on a thread and the state is returned at once
+    (errors then surface from `text_iter` and `state.error()`)."""
+    kwargs = {**program.bind_arguments, **kwargs}
+    state = make_state(program, backend, kwargs, default_params, stream)
+    if not stream:
+        execute(state, program, args, kwargs)
+        return state
+
+    def target():
+        try:
+            execute(state, program, args, kwargs)
+        except BaseException:  # noqa: BLE001 - recorded on the state, raised by text_iter
+            pass
+
+    thread = threading.Thread(target=target, daemon=True, name="sglc-stream-program")
+    state.stream_executor.program_thread = thread
+    thread.start()
+    return state
+
+
+def run_program_batch(program, backend, batch_kwargs: list[dict],
+                      default_params: SglSamplingParams, num_threads, progress_bar: bool):
+    """Run every program concurrently (their requests batch in the engine); a program that
+    fails keeps its error on its own state (`state.error()`) and the others finish."""
+    from .tracer import cache_program_prefix
+
+    if len(batch_kwargs) > 1:
+        cache_program_prefix(program, backend, batch_kwargs, default_params)
+    if num_threads == "auto":
+        num_threads = max(96, (os.cpu_count() or 1) * 16)
+    num_threads = max(1, min(int(num_threads), len(batch_kwargs)))
+
+    def one(kwargs: dict):
+        kwargs = {**program.bind_arguments, **kwargs}
+        state = make_state(program, backend, kwargs, default_params)
+        try:
+            execute(state, program, (), kwargs)
+        except Exception:  # noqa: BLE001 - reported on the state, as SGLang does
+            pass
+        return state
+
+    pbar = None
+    if progress_bar:
+        import tqdm
+
+        pbar = tqdm.tqdm(total=len(batch_kwargs))
+    with ThreadPoolExecutor(num_threads) as pool:
+        futures = [pool.submit(one, kw) for kw in batch_kwargs]
+        if pbar is not None:
+            for f in futures:
+                f.add_done_callback(lambda _: pbar.update())
+        states = [f.result() for f in futures]
+    if pbar is not None:
+        pbar.close()
+    return states

@@ -1,0 +1,242 @@
+"""The expression nodes a program appends to its state (`s += ...`), and their sampling params.
+
+These are shared by the eager interpreter and the graph executor: a node says *what* to do
+(append text, generate, select, open a role); the interpreter or executor decides when."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from sglc_runtime.errors import SglcError
+
+
+class ProgramError(SglcError):
+    """A program used the language wrongly (bad argument, nested roles, unknown variable)."""
+
+
+_DTYPES = {int: "int", float: "float", bool: "bool", str: "str",
+           "int": "int", "float": "float", "bool": "bool", "str": "str"}
+
+# Keys the engine takes beside `sampling_params` rather than inside it.
+_LOGPROB_KEYS = ("return_logprob", "logprob_start_len", "top_logprobs_num")
+
+
+@dataclass
+class SglSamplingParams:
+    """Sampling parameters where None means "not given here": a gen's params are laid over the
+    program's defaults (from `run`) with `merge`; `to_request` gives the engine's arguments."""
+
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
+    stop: str | list[str] | tuple | None = None
+    stop_token_ids: list[int] | tuple | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool | None = None
+    return_logprob: bool | None = None
+    logprob_start_len: int | None = None
+    top_logprobs_num: int | None = None
+    dtype: str | None = None
+    regex: str | None = None
+    json_schema: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None:
+            if self.dtype not in _DTYPES:
+                raise ProgramError(f"dtype={self.dtype!r}: must be one of int, float, bool, str")
+            self.dtype = _DTYPES[self.dtype]
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as e:
+                raise ProgramError(f"regex={self.regex!r} does not compile: {e}") from None
+        if self.json_schema is not None and not isinstance(self.json_schema, str):
+            self.json_schema = json.dumps(self.json_schema)  # a dict schema is fine too
+
+    def merge(self, over: SglSamplingParams) -> SglSamplingParams:
+        """These params with every field that `over` gives replaced by `over`'s value."""
+        given = {f.name: getattr(over, f.name) for f in fields(over)
+                 if getattr(over, f.name) is not None}
+        return replace(self, **given)
+
+    def with_extra_stop(self, stop_strs: tuple[str, ...], stop_token_ids: tuple[int, ...]):
+        """Add a chat template's end-of-turn stop strings and token ids."""
+        if not stop_strs and not stop_token_ids:
+            return self
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
+        ids = list(self.stop_token_ids or ())
+        return replace(self, stop=stop + [s for s in stop_strs if s not in stop],
+                       stop_token_ids=ids + [t for t in stop_token_ids if t not in ids])
+
+    def to_request(self) -> tuple[dict, dict]:
+        """(sampling_params dict, logprob keyword arguments) for `Engine.generate`."""
+        sp: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None or f.name in _LOGPROB_KEYS:
+                continue
+            if f.name == "stop":
+                v = [v] if isinstance(v, str) else list(v)
+                if not v:
+                    continue
+            if f.name == "stop_token_ids":
+                v = list(v)
+                if not v:
+                    continue
+            sp[f.name] = v
+        if self.dtype in ("int", "float"):  # as SGLang: a number ends at a space or newline
+            sp["stop"] = sp.get("stop", []) + [" ", "\n"]
+        lp = {k: getattr(self, k) for k in _LOGPROB_KEYS if getattr(self, k) is not None}
+        return sp, lp
+
+
+def caller_location(skip_modules: tuple[str, ...] = ("sglc.lang.",)) -> str | None:
+    """`file:line` of the nearest frame outside sglc's language modules (the user's program)."""
+    f = sys._getframe(1)
+    while f is not None:
+        mod = f.f_globals.get("__name__", "")
+        if not mod.startswith(skip_modules) and not mod.startswith("contextlib"):
+            return f"{f.f_code.co_filename}:{f.f_lineno}"
+        f = f.f_back
+    return None
+
+
+class SglExpr:
+    """Base node; `a + b` of nodes (or strings) builds an `SglExprList`."""
+
+    loc: str | None = None  # where the program appended it, for error messages
+
+    def __add__(self, other) -> SglExprList:
+        return _concat(self, as_expr(other))
+
+    def __radd__(self, other) -> SglExprList:
+        return _concat(as_expr(other), self)
+
+    def flatten(self) -> list[SglExpr]:
+        return [self]
+
+
+def as_expr(x) -> SglExpr:
+    """Strings (and str-able values such as numbers) become `SglConstantText`."""
+    if isinstance(x, SglExpr):
+        return x
+    if x is None:
+        raise ProgramError("cannot append None to a program state")
+    if isinstance(x, (str, int, float)):
+        return SglConstantText(str(x))
+    raise ProgramError(f"cannot append a {type(x).__name__} to a program state; append a str, "
+                       "gen(...), select(...) or a role")
+
+
+def _concat(a: SglExpr, b: SglExpr) -> SglExprList:
+    return SglExprList(a.flatten() + b.flatten())
+
+
+class SglExprList(SglExpr):
+    def __init__(self, expr_list: list[SglExpr]):
+        self.expr_list = expr_list
+
+    def flatten(self) -> list[SglExpr]:
+        return [y for x in self.expr_list for y in x.flatten()]
+
+    def __repr__(self) -> str:
+        return f"ExprList({self.expr_list})"
+
+
+class SglConstantText(SglExpr):
+    def __init__(self, value: str):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Constant({self.value!r})"
+
+
+class SglGen(SglExpr):
+    """Generate text with `sampling_params` laid over the program's defaults; store as `name`."""
+
+    def __init__(self, name: str | None, sampling_params: SglSamplingParams):
+        self.name = name
+        self.sampling_params = sampling_params
+
+    def __repr__(self) -> str:
+        return f"Gen({self.name!r})"
+
+
+class SglSelect(SglExpr):
+    """Append the most likely of `choices` (scored by `choices_method`); store it as `name`."""
+
+    def __init__(self, name: str | None, choices: list[str], temperature: float,
+                 choices_method):
+        if not choices or not all(isinstance(c, str) for c in choices):
+            raise ProgramError(f"select {name!r}: choices must be a non-empty list of strings")
+        self.name = name
+        self.choices = list(choices)
+        self.temperature = temperature
+        self.choices_method = choices_method
+
+    def __repr__(self) -> str:
+        return f"Select({self.name!r}, choices={self.choices})"
+
+
+class SglRoleBegin(SglExpr):
+    def __init__(self, role: str):
+        self.role = role
+
+    def __repr__(self) -> str:
+        return f"RoleBegin({self.role})"
+
+
+class SglRoleEnd(SglExpr):
+    def __init__(self, role: str):
+        self.role = role
+
+    def __repr__(self) -> str:
+        return f"RoleEnd({self.role})"
+
+
+class SglVarScopeBegin(SglExpr):
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"VarScopeBegin({self.name!r})"
+
+
+class SglVarScopeEnd(SglExpr):
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"VarScopeEnd({self.name!r})"
+
+
+class SglCommitLazy(SglExpr):
+    """Make the backend cache the text so far (before a fork, so the children share it)."""
+
+    def __repr__(self) -> str:
+        return "CommitLazy()"
+
+
+class SglConcateAndAppend(SglExpr):
+    """Append the text each forked state added after the fork (`join("concate_and_append")`)."""
+
+    def __init__(self, states: list):
+        self.states = states
+
+    def __repr__(self) -> str:
+        return f"ConcateAndAppend({len(self.states)} states)"
+
+
+def var_names(expr: SglExpr) -> list[str]:
+    """Names of the variables an expression defines."""
+    return [x.name for x in expr.flatten()
+            if isinstance(x, (SglGen, SglSelect, SglVarScopeBegin)) and x.name is not None]
