@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import EngineConfig
+from .jump_forward import jump_forward
 from .model_runner import ModelRunner
 from .outputs import append_token, record_input_logprobs
 from .request import Req, ReqStatus
@@ -120,6 +121,9 @@ class EngineCore:
             ids, lps = sample(logits[keep], reqs_k, self.eos_ids, need_lp)
             for i, (r, t) in enumerate(zip(reqs_k, ids)):
                 append_token(r, t, None if lps is None else lps[i], self.tokenizer, self.eos_ids)
+                if r.constraint is not None and not r.finished and \
+                        not self.cfg.disable_regex_jump_forward:
+                    jump_forward(r, self.tokenizer, self.scheduler)
                 if not r.finished and r.seq_len >= self.runner.context_length:
                     r.finish_reason = {"type": "length", "length": len(r.output_ids),
                                        "context_length": self.runner.context_length}

@@ -16,9 +16,12 @@ class TokenToKVPool:
     def __init__(self, size: int, num_layers: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: str):
         self.size = size
-        self.k_buffer = [torch.zeros(size + 1, num_kv_heads, head_dim, dtype=dtype, device=device)
-                         for _ in range(num_layers)]  # (S+1, n_kv, hd) each
-        self.v_buffer = [torch.zeros_like(k) for k in self.k_buffer]
+        # (S+1, n_kv, hd) each; only slot 0 must be finite (masked padding reads it)
+        self.k_buffer = [torch.empty(size + 1, num_kv_heads, head_dim, dtype=dtype, device=device)
+                         for _ in range(num_layers)]
+        self.v_buffer = [torch.empty_like(k) for k in self.k_buffer]
+        for buf in self.k_buffer + self.v_buffer:
+            buf[0].zero_()
         self.device = device
         self._free = torch.arange(1, size + 1, dtype=torch.int64)
         self._num_free = size

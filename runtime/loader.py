@@ -81,6 +81,45 @@ def load_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], object]
     except Exception as e:  # gguf raises bare ValueError/struct errors on bad files
         raise ModelLoadError(f"{path} is not a readable GGUF file: {e}") from e
     cfg = gguf_config(reader)
+    cached = _dequant_cache_path(path)
+    if cached.exists():
+        from safetensors.torch import load_file
+
+        return cfg, load_file(str(cached)), reader
+    weights = _dequantize_all(reader, path, cfg)
+    _save_dequant_cache(weights, cached)
+    return cfg, weights, reader
+
+
+def _dequant_cache_path(path: Path) -> Path:
+    """Dequantizing in numpy takes ~20 s; the float32 result is cached beside other models,
+    keyed by the GGUF file's identity (path, size, mtime)."""
+    import hashlib
+
+    from .model_source import cache_dir
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    return cache_dir() / "dequantized" / f"{path.stem}-{key[:16]}.safetensors"
+
+
+def _save_dequant_cache(weights: dict[str, torch.Tensor], target: Path) -> None:
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".partial")
+        save_file(weights, str(tmp))
+        tmp.replace(target)
+    except OSError as e:  # a read-only or full cache only costs speed
+        logger.warning("could not cache dequantized weights at %s: %s", target, e)
+
+
+def _dequantize_all(reader, path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    import gguf
+
     weights: dict[str, torch.Tensor] = {}
     for t in tqdm(reader.tensors, desc="Dequantizing GGUF", unit="tensor", leave=False,
                   disable=None):
@@ -104,7 +143,7 @@ def load_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], object]
         elif rest_is(t.name, "attn_k.weight"):
             arr = _unpermute_rope(arr, cfg.num_key_value_heads)
         weights[name] = torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))
-    return cfg, weights, reader
+    return weights
 
 
 def rest_is(name: str, suffix: str) -> bool:

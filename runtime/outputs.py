@@ -62,7 +62,10 @@ def append_token(req: Req, token: int, logprobs: torch.Tensor | None, tok: Token
     if req.constraint is not None and req.constraint.is_finished(req.fsm_state):
         return finish(req, {"type": "stop", "matched": "constraint"})
     if len(req.output_ids) >= p.max_new_tokens:
-        return finish(req, {"type": "length", "length": p.max_new_tokens})
+        reason = {"type": "length", "length": p.max_new_tokens}
+        if req.constraint is not None and not req.constraint.is_accepting(req.fsm_state):
+            reason["message"] = "max_new_tokens reached before the constrained output was complete"
+        return finish(req, reason)
 
 
 def update_text(req: Req, tok: Tokenizer) -> None:

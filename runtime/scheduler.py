@@ -17,6 +17,8 @@ from .request import Req, ReqStatus
 
 logger = logging.getLogger(__name__)
 
+IN_BATCH_PREFIX_MIN = 32  # uncached tokens two new requests must share for one to wait
+
 
 @dataclass
 class ScheduledBatch:
@@ -100,6 +102,8 @@ class Scheduler:
                 break
             match = self.cache.match_prefix(req.fill_ids[:self._match_limit(req)])
             m = len(match.indices)
+            if self._defer_for_in_batch_prefix(req, m, admitted):
+                continue
             need = req.seq_len - m
             own_reserve = self.new_token_ratio * min(req.remaining_new_tokens(), 4096)
             if need + reserved + own_reserve > self._available() and self.running:
@@ -122,6 +126,19 @@ class Scheduler:
                 break
         for req in admitted:
             self.waiting.remove(req)
+
+    def _defer_for_in_batch_prefix(self, req: Req, matched: int, admitted: list[Req]) -> bool:
+        """Wait a step if a request admitted this round will compute (and then cache) a long
+        prefix this one shares: computing it once beats computing it for every sibling."""
+        if isinstance(self.cache, NoPrefixCache):
+            return False
+        ids = req.fill_ids
+        for other in admitted:
+            o = other.fill_ids
+            n = min(len(ids), len(o), matched + IN_BATCH_PREFIX_MIN)
+            if n == matched + IN_BATCH_PREFIX_MIN and ids[matched:n] == o[matched:n]:
+                return True
+        return False
 
     # ---- batch formation ---------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch | None:

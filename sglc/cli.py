@@ -56,6 +56,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from sglc_runtime.engine import Engine
+    from sglc_runtime.server.app import create_app
+
+    engine = Engine(**engine_kwargs(args))
+    name = args.served_model_name or (args.model_path or "SmolLM2-135M-Instruct")
+    try:
+        uvicorn.run(create_app(engine, name), host=args.host, port=args.port,
+                    log_level=args.log_level)
+    finally:
+        engine.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sglc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,19 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     add_engine_args(g)
     g.set_defaults(func=cmd_generate)
+    s = sub.add_parser("serve", help="serve the OpenAI-compatible API over HTTP")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=30000)
+    s.add_argument("--served-model-name", default=None)
+    add_engine_args(s)
+    s.set_defaults(func=cmd_serve)
     for extra in _extra_commands():
         extra(sub)
     return parser
 
 
 def _extra_commands():
-    """Subcommands defined next to what they drive (server, compiler)."""
+    """Subcommands defined next to what they drive (the compiler)."""
     cmds = []
-    try:
-        from sglc_runtime.server.cli import add_serve_command
-        cmds.append(add_serve_command)
-    except ImportError:
-        pass
     try:
         from .compile_cli import add_compile_commands
         cmds.append(add_compile_commands)

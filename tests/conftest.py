@@ -31,3 +31,14 @@ def hf_model():
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, torch_dtype=torch.float32)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def runtime(engine):
+    """The language's in-process backend on the shared engine, set as the default backend."""
+    import sglc as sgl
+
+    rt = sgl.Runtime(engine=engine)
+    sgl.set_default_backend(rt)
+    yield rt
+    sgl.set_default_backend(None)

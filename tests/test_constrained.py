@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from sglc_runtime.constrained import build_constraint, clear_memory_cache, compile_regex
 from sglc_runtime.constrained import compile as compile_mod
 from sglc_runtime.constrained.regex_fsm import regex_to_byte_dfa
@@ -31,7 +30,6 @@ PATTERNS = [
 @pytest.fixture(scope="module")
 def tok():
     import gguf
-
     from sglc_runtime.model_source import default_model_path
     from sglc_runtime.tokenizer import Tokenizer
 
@@ -212,6 +210,13 @@ def test_bad_patterns_name_the_construct(tok, pattern, construct):
         construct = "multiple repeat"  # possessive quantifiers arrived in Python 3.11
     with pytest.raises(ConstraintError, match=re.escape(construct)):
         compile_regex(pattern, tok)
+
+
+def test_unicode_escapes_and_case_insensitivity(tok):
+    fsm = compile_regex(r"caf\u00e9 (?i:yes)", tok)
+    for text in ("café yes", "café YeS"):
+        assert fsm.is_accepting(fsm.advance_bytes(0, text.encode()))
+    assert fsm.advance_bytes(0, b"cafe") == -1
 
 
 def test_leading_caret_trailing_dollar_stripped(tok):

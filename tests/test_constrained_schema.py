@@ -1,4 +1,4 @@
-"""JSON schema → regex → TokenFSM (random walks validate), number ranges, dtypes, select scoring."""
+"""JSON schema → regex → TokenFSM (random walks validate), number ranges, dtypes, select."""
 
 import json
 import random
@@ -7,10 +7,14 @@ import re
 import jsonschema
 import numpy as np
 import pytest
-
-from sglc_runtime.constrained import (compile_regex, dtype_regex, greedy_token_selection,
-                                      json_schema_to_regex, token_length_normalized,
-                                      unconditional_likelihood_normalized)
+from sglc_runtime.constrained import (
+    compile_regex,
+    dtype_regex,
+    greedy_token_selection,
+    json_schema_to_regex,
+    token_length_normalized,
+    unconditional_likelihood_normalized,
+)
 from sglc_runtime.constrained.number_regex import int_range_regex, number_range_regex
 from sglc_runtime.errors import ConstraintError, InvalidRequestError
 
@@ -50,7 +54,6 @@ SCHEMAS = {
 @pytest.fixture(scope="module")
 def tok():
     import gguf
-
     from sglc_runtime.model_source import default_model_path
     from sglc_runtime.tokenizer import Tokenizer
 
@@ -161,7 +164,7 @@ def test_int_range_regex_exact(lo, hi):
                                               (None, 0, False, True)])
 def test_number_range_regex_subset(lo, hi, xlo, xhi):
     r = re.compile(number_range_regex(lo, hi, xlo, xhi))
-    ok = lambda v: ((lo is None or (v > lo if xlo else v >= lo))  # noqa: E731
+    ok = lambda v: ((lo is None or (v > lo if xlo else v >= lo))
                     and (hi is None or (v < hi if xhi else v <= hi)))
     samples = [f"{i}" for i in range(-20, 21)] + [f"{i}.{f}" for i in range(-20, 21)
                                                   for f in ("5", "05", "0", "999", "10")]

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 _FORMAT_VERSION = 1  # bump when the on-disk layout or the DFA construction changes
 _MAX_IN_MEMORY = 128
-_MEMORY: "OrderedDict[tuple[str, str], TokenFSM]" = OrderedDict()
+_MEMORY: OrderedDict[tuple[str, str], TokenFSM] = OrderedDict()
 _LOCK = threading.Lock()
 
 

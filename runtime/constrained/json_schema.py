@@ -115,7 +115,7 @@ class _Converter:
     def ref(self, schema: dict, keys: set[str], path: str) -> str | None:
         ref = schema["$ref"]
         if keys != {"$ref"}:
-            raise self.fail(path, f"keyword {sorted(keys - {'$ref'})[0]!r} next to '$ref'")
+            raise self.fail(path, f"keyword {min(keys - {'$ref'})!r} next to '$ref'")
         if not isinstance(ref, str) or not ref.startswith("#"):
             raise self.fail(path, f"unsupported $ref {ref!r} (only local '#/...' references)")
         target = self.root
@@ -135,7 +135,7 @@ class _Converter:
     def combine(self, schema: dict, combinator: str, keys: set[str], path: str) -> str | None:
         subs = schema[combinator]
         if keys != {combinator}:
-            raise self.fail(path, f"keyword {sorted(keys - {combinator})[0]!r} next to "
+            raise self.fail(path, f"keyword {min(keys - {combinator})!r} next to "
                                   f"{combinator!r}")
         if not isinstance(subs, list) or not subs:
             raise self.fail(path, f"{combinator!r} must be a non-empty list")
@@ -150,7 +150,7 @@ class _Converter:
     def enum(self, schema: dict, keys: set[str], path: str) -> str | None:
         extra = keys - {"enum", "const", "type"}
         if extra:
-            raise self.fail(path, f"keyword {sorted(extra)[0]!r} next to 'enum'/'const'")
+            raise self.fail(path, f"keyword {min(extra)!r} next to 'enum'/'const'")
         values = [schema["const"]] if "const" in schema else schema["enum"]
         if not isinstance(values, list) or not values:
             raise self.fail(path, "'enum' must be a non-empty list")

@@ -1,4 +1,4 @@
-"""Regex → byte-level DFA: validate the pattern, build a char DFA with interegular, expand to UTF-8.
+"""Regex → byte-level DFA: validate, build a char DFA with interegular, expand it to UTF-8.
 
 Contract of `regex_to_byte_dfa(pattern)`: the returned `ByteDFA` accepts exactly the UTF-8
 encodings of the strings interegular's char DFA accepts (full-match semantics), every state can
@@ -22,10 +22,8 @@ from interegular.fsm import anything_else
 from ..errors import ConstraintError
 
 try:  # Python >= 3.11
-    import re._constants as _sre_c
     import re._parser as _sre_parse
 except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants as _sre_c
     import sre_parse as _sre_parse
 
 _AT_NAMES = {
@@ -66,7 +64,7 @@ def normalize_pattern(pattern: str) -> str:
     """
     if not isinstance(pattern, str):
         raise ConstraintError(f"regex must be a str, got {type(pattern).__name__}")
-    body = pattern[1:] if pattern.startswith("^") else pattern
+    body = pattern.removeprefix("^")
     if body.endswith("$"):
         escapes = len(body[:-1]) - len(body[:-1].rstrip("\\"))
         if escapes % 2 == 0:  # an unescaped trailing `$`
@@ -163,7 +161,7 @@ class _Builder:
         self.rows.append(np.full(256, -1, np.int32))
         return len(self.rows) - 1
 
-    def block(self, fn: "_CharFn", k: int, base: int, lo: int, hi: int) -> int:
+    def block(self, fn: _CharFn, k: int, base: int, lo: int, hi: int) -> int:
         """State consuming `k` continuation bytes (first in [lo, hi]) of chars in a cp block."""
         span = 64 ** (k - 1)
         start, stop = base + (lo - 0x80) * span, base + (hi - 0x80 + 1) * span
@@ -199,33 +197,43 @@ class _CharFn:
         return self.default, tuple((self.cps[t] - start, self.targets[t]) for t in range(i, j))
 
 
+_LEADS = []  # (lead byte, continuation bytes k, first codepoint, allowed 1st continuation range)
+for _lead in range(0xC2, 0xF5):
+    if _lead < 0xE0:
+        _LEADS.append((_lead, 1, (_lead & 0x1F) << 6, 0x80, 0xBF))
+    elif _lead < 0xF0:
+        _lo, _hi = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F)}.get(_lead, (0x80, 0xBF))
+        _LEADS.append((_lead, 2, (_lead & 0x0F) << 12, _lo, _hi))  # no overlongs/surrogates
+    else:
+        _lo, _hi = {0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}.get(_lead, (0x80, 0xBF))
+        _LEADS.append((_lead, 3, (_lead & 0x07) << 18, _lo, _hi))  # nothing past U+10FFFF
+
+
 def _utf8_expand(fsm) -> ByteDFA | None:
     states = sorted(fsm.states, key=lambda s: (s != fsm.initial, s))
     num = {s: i for i, s in enumerate(states)}
     b = _Builder(len(states))
     alphabet = fsm.alphabet
-    explicit = [(c, alphabet[c]) for c in alphabet if c is not anything_else and len(c) == 1]
-    other_key = alphabet[anything_else] if anything_else in alphabet else None
+    explicit = [(ord(c), alphabet[c]) for c in alphabet if c is not anything_else and len(c) == 1]
+    other_key = alphabet.get(anything_else)
+    uniform_leads: dict[int, np.ndarray] = {}  # default target → lead-byte row part
     for s in states:
         m = fsm.map.get(s, {})
         default = num[m[other_key]] if other_key is not None and other_key in m else -1
-        exc = {ord(c): (num[m[k]] if k in m else -1) for c, k in explicit}
+        exc = {cp: (num[m[k]] if k in m else -1) for cp, k in explicit}
         fn = _CharFn(default, {cp: t for cp, t in exc.items() if t != default})
         row = b.rows[num[s]]
-        for byte in range(0x80):
-            row[byte] = fn(byte)
-        for lead in range(0xC2, 0xF5):
-            if lead < 0xE0:
-                k, base, lo, hi = 1, (lead & 0x1F) << 6, 0x80, 0xBF
-            elif lead < 0xF0:
-                k, base = 2, (lead & 0x0F) << 12
-                lo, hi = (0xA0, 0xBF) if lead == 0xE0 else (0x80, 0x9F) if lead == 0xED else \
-                    (0x80, 0xBF)
-            else:
-                k, base = 3, (lead & 0x07) << 18
-                lo, hi = (0x90, 0xBF) if lead == 0xF0 else (0x80, 0x8F) if lead == 0xF4 else \
-                    (0x80, 0xBF)
-            row[lead] = b.block(fn, k, base, lo, hi)
+        row[:0x80] = default
+        for cp, t in zip(fn.cps, fn.targets):
+            if cp < 0x80:
+                row[cp] = t
+        if fn.cps and fn.cps[-1] >= 0x80 or default not in uniform_leads:
+            leads = np.array([b.block(fn, k, base, lo, hi) for _, k, base, lo, hi in _LEADS])
+            if not fn.cps or fn.cps[-1] < 0x80:  # depends on `default` only: reuse
+                uniform_leads[default] = leads
+        else:
+            leads = uniform_leads[default]
+        row[0xC2:0xF5] = leads
     trans = np.stack(b.rows)
     accepting = np.zeros(len(b.rows), bool)
     accepting[[num[s] for s in fsm.finals]] = True
@@ -253,8 +261,10 @@ def _prune(trans: np.ndarray, accepting: np.ndarray, boundary: np.ndarray) -> By
     trans = np.where((trans >= 0) & live[np.maximum(trans, 0)], trans, -1).astype(np.int32)
     order, seen = [0], np.zeros(n, bool)
     seen[0] = True
-    for s in order:  # BFS renumbering (also drops unreachable states)
-        for t in np.unique(trans[s][trans[s] >= 0]):
+    for s in order:  # BFS renumbering in byte order (canonical; drops unreachable states)
+        targets = trans[s][trans[s] >= 0]
+        _, first = np.unique(targets, return_index=True)
+        for t in targets[np.sort(first)]:
             if not seen[t]:
                 seen[t] = True
                 order.append(int(t))

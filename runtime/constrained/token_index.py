@@ -42,7 +42,7 @@ class VocabTrie:
     fingerprint: str  # sha256 of every token's bytes and the EOS ids
 
 
-_TRIES: "weakref.WeakKeyDictionary[object, VocabTrie]" = weakref.WeakKeyDictionary()
+_TRIES: weakref.WeakKeyDictionary[object, VocabTrie] = weakref.WeakKeyDictionary()
 
 
 def vocab_trie(tokenizer) -> VocabTrie:
@@ -110,28 +110,29 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def _walk(dfa: ByteDFA, trie: VocabTrie, origins: np.ndarray) -> tuple[np.ndarray, ...]:
     """(origin, token, next_state) for every token allowed in any of `origins`."""
-    origin, cur = origins.astype(np.int64), origins.astype(np.int32)
+    trans = dfa.trans.reshape(-1)  # (S * 256,): trans[state * 256 + byte]
+    origin, cur = origins.astype(np.int32), origins.astype(np.int32)
     node = np.zeros(len(origins), np.int64)
     out_o, out_t, out_n = [], [], []
-    trans = dfa.trans
     for level in trie.levels:
         if len(origin) == 0:
             break
         counts = level.child_count[node]
         child = _ranges(level.child_start[node], counts)
-        which = np.repeat(np.arange(len(origin)), counts)
-        nxt = trans[cur[which], level.byte[child]]
-        keep = nxt >= 0
-        origin, cur, node = origin[which[keep]], nxt[keep], child[keep]
+        which = np.repeat(np.arange(len(origin), dtype=np.int32), counts)
+        nxt = trans[cur[which] * 256 + level.byte[child]]
+        keep = np.flatnonzero(nxt >= 0)
+        which = which[keep]
+        origin, cur, node = origin[which], nxt[keep], child[keep]
         ntok = level.tok_ptr[node + 1] - level.tok_ptr[node]
-        has = ntok > 0
-        if has.any():
-            ends = np.repeat(np.arange(len(node))[has], ntok[has])
+        has = np.flatnonzero(ntok)
+        if len(has):
+            ends = np.repeat(has, ntok[has])
             out_o.append(origin[ends])
             out_t.append(level.tok_ids[_ranges(level.tok_ptr[node[has]], ntok[has])])
             out_n.append(cur[ends])
     if not out_o:
-        return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32)
+        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32)
     return np.concatenate(out_o), np.concatenate(out_t), np.concatenate(out_n)
 
 
@@ -148,7 +149,7 @@ def build_token_index(dfa: ByteDFA, trie: VocabTrie) -> TokenIndex:
         if acc > _MAX_PAIRS or s == n - 1:
             parts.append(_walk(dfa, trie, np.arange(start, s + 1)))
             start, acc = s + 1, 0
-    o = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    o = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
     t = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
     nx = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int32)
     key = o.astype(np.uint16) if n <= 1 << 16 else o  # uint16 → numpy's O(n) radix sort

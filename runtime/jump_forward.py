@@ -1,0 +1,57 @@
+"""Compressed-FSM jump-forward: where a constraint allows only one way forward, append the whole
+forced string at once, re-tokenize the output, and recompute only the K/V that changed."""
+
+from __future__ import annotations
+
+from .outputs import finish
+from .request import Req
+from .scheduler import Scheduler
+from .tokenizer import IncrementalDecoder, Tokenizer
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def jump_forward(req: Req, tok: Tokenizer, scheduler: Scheduler) -> bool:
+    """Apply jump-forward to a running constrained request; return True if it jumped.
+
+    The FSM state depends only on the output bytes, so re-tokenizing (the forced text may merge
+    with the previous token) keeps it valid. K/V for the unchanged token prefix stays (in the
+    request or the radix cache); the changed tail becomes pending and is recomputed by an
+    extend step before the next token is sampled.
+    """
+    fsm = req.constraint
+    forced = fsm.forced_bytes(req.fsm_state)
+    if not forced:
+        return False
+    tb = tok.token_bytes
+    old = req.output_ids
+    data = b"".join(tb[t] for t in old) + forced
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    new = tok.encode(text, add_special_tokens=False)
+    if len(new) > req.params.max_new_tokens or b"".join(tb[t] for t in new) != data:
+        return False  # would overrun the budget, or text does not round-trip through tokens
+    common = _common_prefix(old, new)
+    # drop K/V of the changed tail while fill_ids still name the old tokens
+    scheduler.truncate_kv(req, min(req.kv_len, len(req.input_ids) + common))
+    req.output_ids = new
+    req.fsm_state = fsm.advance_bytes(req.fsm_state, forced)
+    req.num_jump_forward_tokens += len(new) - common
+    if req.token_counts is not None:
+        req.token_counts.zero_()
+        for t in new:
+            req.token_counts[t] += 1
+    req.decoder = IncrementalDecoder(tok, req.params.skip_special_tokens)
+    req.decoder.step(new)
+    req.text = req.decoder.text
+    if fsm.is_finished(req.fsm_state):
+        finish(req, {"type": "stop", "matched": "constraint"})
+    return True
