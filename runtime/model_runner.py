@@ -25,7 +25,7 @@ def load_model(cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Tokeni
     """Resolve `cfg.model_path`, read weights and tokenizer, build the model in `cfg.dtype`.
     Engines in one process share a loaded model (inference never writes the weights)."""
     path = resolve_model_path(cfg.model_path)
-    key = (str(path.resolve()), cfg.dtype, cfg.device)
+    key = (str(path.resolve()), cfg.dtype, cfg.device, cfg.quantization)
     if key not in _LOADED:
         _LOADED[key] = _load(path, cfg)
     return _LOADED[key]
@@ -48,6 +48,10 @@ def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Token
     model.load_weights(weights)
     model = model.to(device=cfg.device, dtype=cfg.dtype).eval()
     model.model.rotary_emb.float()
+    if cfg.quantization == "int4":
+        from .model.int4 import enable_int4_decode
+
+        enable_int4_decode(model)
     logger.info("loaded %s (%s, %d layers) in %.1fs as %s on %s", mcfg.name, path.name,
                 mcfg.num_hidden_layers, time.perf_counter() - t0, cfg.dtype, cfg.device)
     return mcfg, model, tok
@@ -60,6 +64,8 @@ class ModelRunner:
         self.cfg = cfg
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
+        if cfg.device == "cpu":
+            torch.set_flush_denormal(True)  # denormal floats are ~100x slower on x86
         self.model_config, self.model, self.tokenizer = load_model(cfg)
         mc = self.model_config
         self.context_length = min(cfg.context_length or mc.max_position_embeddings,

@@ -6,16 +6,15 @@ import sglc as sgl
 
 @sgl.function
 def answer_and_judge(s, question, num_candidates=3):
-    s += "Question: " + question + "\n"
+    s += sgl.user(question + " Answer in one sentence.")
     forks = s.fork(num_candidates)
-    forks += "Answer:" + sgl.gen("answer", max_tokens=20, stop="\n", temperature=0.8)
+    forks += sgl.assistant(sgl.gen("answer", max_tokens=24, temperature=0.8))
     forks.join()  # s["answer"] is now the list of the branches' answers
 
-    s += "\nCandidate answers:\n"
-    for i, answer in enumerate(s["answer"]):
-        s += f"{i + 1}. {answer.strip()}\n"
-    s += "\nJudge: the most accurate and helpful candidate is number "
-    s += sgl.select("best", choices=[str(i + 1) for i in range(num_candidates)])
+    candidates = "".join(f"{i + 1}. {a.strip()}\n" for i, a in enumerate(s["answer"]))
+    s += sgl.assistant("Here are some candidate answers:\n" + candidates)
+    s += sgl.user("Which candidate is the most accurate? Reply with its number only.")
+    s += sgl.assistant(sgl.select("best", choices=[str(i + 1) for i in range(num_candidates)]))
 
 
 def main(question="Why do leaves change color in autumn?"):

@@ -10,6 +10,7 @@ FACTS = {
     "eiffel tower": "The Eiffel Tower is 330 metres tall and stands in Paris.",
     "paris": "Paris is the capital of France, with about 2.1 million inhabitants.",
     "mount everest": "Mount Everest is 8849 metres high.",
+    "mount fuji": "Mount Fuji is 3776 metres high and stands in Japan.",
 }
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
@@ -48,6 +49,13 @@ Action: calculate[8849 / 1000]
 Observation: 8.849
 Thought: I know the answer.
 Action: finish[8.849 km]
+
+Question: How many people live in Paris, in millions?
+Thought: I need the population of Paris.
+Action: lookup[Paris]
+Observation: Paris is the capital of France, with about 2.1 million inhabitants.
+Thought: I know the answer.
+Action: finish[2.1 million]
 
 """
 

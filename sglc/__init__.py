@@ -3,13 +3,29 @@
 from sglc_runtime.errors import SglcError
 
 from .lang.api import (
-    assistant, assistant_begin, assistant_end, flush_cache, function, gen, gen_int, gen_string,
-    get_default_backend, select, set_default_backend, system, system_begin, system_end, user,
-    user_begin, user_end,
+    assistant,
+    assistant_begin,
+    assistant_end,
+    flush_cache,
+    function,
+    gen,
+    gen_int,
+    gen_string,
+    get_default_backend,
+    select,
+    set_default_backend,
+    system,
+    system_begin,
+    system_end,
+    user,
+    user_begin,
+    user_end,
 )
 from .lang.chat_template import ChatTemplate, get_chat_template, register_chat_template
 from .lang.choices import (
-    greedy_token_selection, token_length_normalized, unconditional_likelihood_normalized,
+    greedy_token_selection,
+    token_length_normalized,
+    unconditional_likelihood_normalized,
 )
 from .lang.function import SglFunction
 from .lang.primitives import ProgramError
@@ -17,12 +33,37 @@ from .lang.state import ProgramState, ProgramStateGroup
 
 __version__ = "0.1.0"
 __all__ = [
-    "SglcError", "ProgramError", "function", "gen", "gen_int", "gen_string", "select",
-    "system", "user", "assistant", "system_begin", "system_end", "user_begin", "user_end",
-    "assistant_begin", "assistant_end", "set_default_backend", "get_default_backend",
-    "flush_cache", "Runtime", "Engine", "RuntimeBackend", "ChatTemplate", "get_chat_template",
-    "register_chat_template", "token_length_normalized", "greedy_token_selection",
-    "unconditional_likelihood_normalized", "SglFunction", "ProgramState", "ProgramStateGroup",
+    "ChatTemplate",
+    "Engine",
+    "ProgramError",
+    "ProgramState",
+    "ProgramStateGroup",
+    "Runtime",
+    "RuntimeBackend",
+    "SglFunction",
+    "SglcError",
+    "assistant",
+    "assistant_begin",
+    "assistant_end",
+    "flush_cache",
+    "function",
+    "gen",
+    "gen_int",
+    "gen_string",
+    "get_chat_template",
+    "get_default_backend",
+    "greedy_token_selection",
+    "register_chat_template",
+    "select",
+    "set_default_backend",
+    "system",
+    "system_begin",
+    "system_end",
+    "token_length_normalized",
+    "unconditional_likelihood_normalized",
+    "user",
+    "user_begin",
+    "user_end",
 ]
 
 

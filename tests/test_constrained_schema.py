@@ -103,13 +103,16 @@ def test_schema_random_walks_validate(tok, name):
 
 
 def test_schema_regex_shapes():
-    r = json_schema_to_regex(json.dumps(SCHEMAS["optional"]))
+    r = json_schema_to_regex(json.dumps(SCHEMAS["optional"]), whitespace=r"[ ]?")
     for doc in ('{"c":null}', '{"a":1, "c": null}', '{ "b":true,"c":null,"d":4.5 }',
                 '{"a":-7,"b":false,"c":null,"d":-4.25}'):
         assert re.fullmatch(r, doc), doc
     for doc in ('{}', '{"a":1}', '{"c":null,"a":1}', '{"c":null,"d":-5}', '{"c":null,"d":5.5}',
                 '{"c":null,,"d":1}', '{  "c":null}'):
         assert not re.fullmatch(r, doc), doc
+    dumps = json_schema_to_regex(json.dumps(SCHEMAS["optional"]))  # json.dumps layout
+    assert re.fullmatch(dumps, '{"a": 1, "c": null}')
+    assert not re.fullmatch(dumps, '{"a":1, "c": null}') and not re.fullmatch(dumps, '{ "c": null}')
     free = json_schema_to_regex(SCHEMAS["free"])
     assert re.fullmatch(free, '{"meta": [1, "x", null], "map": {"a": 1, "b": -2}}')
     assert re.fullmatch(free, '{"meta": {"k": 1.5e3}}')

@@ -1,8 +1,8 @@
 """JSON Schema → regex whose every match is a JSON document valid under the schema.
 
 Contract: the regex's language is a *subset* of the schema's valid instances (never a superset),
-written compactly: whitespace only where `whitespace` allows it (default `[ ]?`, bounded so the
-model cannot loop on it), properties in schema order, optional properties may be left out,
+laid out as `json.dumps` does (", " and ": ", no padding) by default, or with `whitespace` (e.g.
+`[ ]?`, bounded so the model cannot loop on it) around every token; properties in schema order, optional properties may be left out,
 extra properties are never generated. Keywords that would change validity and are not handled
 raise ConstraintError naming the keyword and its location; annotations (title, description, …)
 are ignored. Recursive `$ref`s are expanded `max_ref_depth` times; beyond that only the
@@ -47,7 +47,7 @@ _TYPE_KEYWORDS = {"object": {"properties", "required", "additionalProperties"},
                   "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}}
 
 
-def json_schema_to_regex(schema: str | dict | bool, whitespace: str = WHITESPACE,
+def json_schema_to_regex(schema: str | dict | bool, whitespace: str | None = None,
                          max_ref_depth: int = 3, any_depth: int = 1) -> str:
     """Compile a JSON schema (a JSON string or a dict) to a regex (see the module docstring).
 
@@ -71,8 +71,12 @@ def _literal(value) -> str:
 
 
 class _Converter:
-    def __init__(self, root, ws: str, max_ref_depth: int, any_depth: int):
-        self.root, self.ws = root, ws
+    def __init__(self, root, ws: str | None, max_ref_depth: int, any_depth: int):
+        # ws=None: json.dumps layout (", " and ": ", no padding) so keys and separators are
+        # forced strings that jump-forward skips in one step; else `ws` around every token
+        self.root, self.ws = root, ("" if ws is None else ws)
+        self.comma = ", " if ws is None else f"{ws},{ws}"
+        self.colon = ": " if ws is None else f"{ws}:{ws}"
         self.max_ref_depth, self.any_depth = max_ref_depth, any_depth
         self.ref_stack: list[str] = []
 
@@ -235,13 +239,13 @@ class _Converter:
             parts = [self.convert(s, f"{path}/prefixItems/{i}") for i, s in enumerate(prefix)]
             if any(p is None for p in parts):
                 return None
-            return r"\[" + ws + f"{ws},{ws}".join(parts) + ws + r"\]"
+            return r"\[" + ws + self.comma.join(parts) + ws + r"\]"
         item = self.convert(items, f"{path}/items")
         if item is None or hi == 0:
             return r"\[" + ws + r"\]" if lo == 0 else None
         more = "*" if lo <= 1 and hi is None else \
             "{" + f"{max(lo - 1, 0)},{'' if hi is None else hi - 1}" + "}"
-        body = f"{item}({ws},{ws}{item}){more}"
+        body = f"{item}({self.comma}{item}){more}"
         return r"\[" + ws + (f"({body})?" if lo == 0 else body) + ws + r"\]"
 
     def object(self, schema: dict, path: str) -> str | None:
@@ -255,8 +259,8 @@ class _Converter:
             value = self.convert(extra, f"{path}/additionalProperties")
             if value is None:
                 return r"\{" + ws + r"\}"
-            pair = f"{JSON_STRING}{ws}:{ws}{value}"
-            return r"\{" + ws + f"({pair}({ws},{ws}{pair})*)?" + ws + r"\}"
+            pair = f"{JSON_STRING}{self.colon}{value}"
+            return r"\{" + ws + f"({pair}({self.comma}{pair})*)?" + ws + r"\}"
         entries = []  # (regex of `"key": value`, required)
         for key, sub in props.items():
             value = self.convert(sub, f"{path}/properties/{key}")
@@ -264,12 +268,12 @@ class _Converter:
                 if key in required:
                     return None
                 continue
-            entries.append((_literal(key) + f"{ws}:{ws}{value}", key in required))
+            entries.append((_literal(key) + f"{self.colon}{value}", key in required))
         # After the first emitted property, each later one is ", prop" (optional ones `?`).
         tails = [""] * (len(entries) + 1)
         for i in range(len(entries) - 1, -1, -1):
             prop, req = entries[i]
-            tails[i] = (f"{ws},{ws}{prop}" if req else f"({ws},{ws}{prop})?") + tails[i + 1]
+            tails[i] = (f"{self.comma}{prop}" if req else f"({self.comma}{prop})?") + tails[i + 1]
         first_required = next((i for i, (_, r) in enumerate(entries) if r), len(entries) - 1)
         firsts = [entries[i][0] + tails[i + 1] for i in range(first_required + 1)]
         body = "(" + "|".join(firsts) + ")" if firsts else ""
@@ -282,9 +286,9 @@ class _Converter:
         alts = [JSON_STRING, number_range_regex(None, None), "true", "false", "null"]
         if depth > 0:
             inner = self.any_value(depth - 1)
-            pair = f"{JSON_STRING}{ws}:{ws}{inner}"
-            alts.append(r"\[" + ws + f"({inner}({ws},{ws}{inner})*)?" + ws + r"\]")
-            alts.append(r"\{" + ws + f"({pair}({ws},{ws}{pair})*)?" + ws + r"\}")
+            pair = f"{JSON_STRING}{self.colon}{inner}"
+            alts.append(r"\[" + ws + f"({inner}({self.comma}{inner})*)?" + ws + r"\]")
+            alts.append(r"\{" + ws + f"({pair}({self.comma}{pair})*)?" + ws + r"\}")
         return "(" + "|".join(alts) + ")"
 
 

@@ -6,7 +6,7 @@ threads at once; a backend must be thread-safe and should let concurrent calls b
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..lang.chat_template import ChatTemplate
 from ..lang.choices import ChoicesDecision, ChoicesSamplingMethod

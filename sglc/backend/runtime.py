@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from sglc_runtime.engine import Engine
 
@@ -12,6 +13,8 @@ from ..lang.chat_template import ChatTemplate, get_chat_template, template_for_m
 from ..lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from ..lang.primitives import ProgramError, SglSamplingParams
 from .base import BaseBackend
+
+logger = logging.getLogger(__name__)
 
 
 def _common_prefix_len(a: list[int], b: list[int]) -> int:
@@ -68,14 +71,24 @@ class RuntimeBackend(BaseBackend):
     def generate(self, prompt: str, params: SglSamplingParams) -> tuple[str, dict]:
         sp, lp = params.to_request()
         out = self.engine.generate(**self._prompt_args(prompt), sampling_params=sp, **lp)
-        return out["text"], out["meta_info"]
+        return out["text"], self._meta_with_text(out["meta_info"])
 
     def generate_stream(self, prompt: str, params: SglSamplingParams
                         ) -> Iterator[tuple[str, dict]]:
         sp, lp = params.to_request()
         for chunk in self.engine.generate(**self._prompt_args(prompt), sampling_params=sp,
                                           stream=True, **lp):
-            yield chunk["text"], chunk["meta_info"]
+            yield chunk["text"], self._meta_with_text(chunk["meta_info"])
+
+    def _meta_with_text(self, meta: dict) -> dict:
+        """Fill each logprob entry's token text (SGLang's return_text_in_logprobs)."""
+        for key in ("input_token_logprobs", "output_token_logprobs"):
+            if key in meta:
+                meta[key] = self._with_text(meta[key])
+        for key in ("input_top_logprobs", "output_top_logprobs"):
+            if key in meta:
+                meta[key] = [None if top is None else self._with_text(top) for top in meta[key]]
+        return meta
 
     def cache_prefix(self, prefix: str) -> None:
         if prefix:
@@ -136,12 +149,21 @@ class RuntimeBackend(BaseBackend):
         return [(lp, tid, self.tokenizer.decode([tid])) for lp, tid, _ in lps]
 
 
+# SGLang's server-process arguments with no meaning for an in-process engine.
+_SERVER_ONLY_ARGS = ("port", "host", "launch_timeout", "tp_size", "dp_size",
+                     "mem_fraction_static", "trust_remote_code", "tokenizer_path")
+
+
 class Runtime(RuntimeBackend):
     """`sgl.Runtime(model_path=None, **engine_args)`: starts an `Engine` in this process (or
     wraps `engine=` given) and is the backend programs run on; `shutdown()` stops it."""
 
     def __init__(self, model_path: str | None = None, *, engine: Engine | None = None,
                  chat_template: str | ChatTemplate | None = None, **engine_args):
+        ignored = [k for k in _SERVER_ONLY_ARGS if engine_args.pop(k, None) is not None]
+        if ignored:
+            logger.warning("Runtime: ignoring server arguments %s (the engine runs in-process)",
+                           ", ".join(ignored))
         self._owns_engine = engine is None
         if engine is None:
             engine = Engine(model_path=model_path, **engine_args)

@@ -4,12 +4,18 @@ and behaving as in SGLang's frontend."""
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .choices import ChoicesSamplingMethod, token_length_normalized
 from .function import SglFunction
 from .primitives import (
-    SglExprList, SglGen, SglRoleBegin, SglRoleEnd, SglSamplingParams, SglSelect, as_expr,
+    SglExprList,
+    SglGen,
+    SglRoleBegin,
+    SglRoleEnd,
+    SglSamplingParams,
+    SglSelect,
+    as_expr,
 )
 
 _default_backend = None
@@ -63,12 +69,14 @@ def gen(name: str | None = None, max_tokens: int | None = None,
         frequency_penalty: float | None = None, presence_penalty: float | None = None,
         ignore_eos: bool | None = None, return_logprob: bool | None = None,
         logprob_start_len: int | None = None, top_logprobs_num: int | None = None,
+        return_text_in_logprobs: bool | None = None,
         dtype: type | str | None = None, choices: list[str] | None = None,
         choices_method: ChoicesSamplingMethod | None = None, regex: str | None = None,
         json_schema: str | dict | None = None):
     """Generate text into variable `name`. Unset arguments take the program's defaults (from
     `run`: max_new_tokens=128, temperature=1.0, ...). `dtype`, `regex` and `json_schema`
-    constrain the output; `choices` makes it a `select`."""
+    constrain the output; `choices` makes it a `select`. Logprob entries always carry their
+    token's text, so `return_text_in_logprobs` is accepted for SGLang programs and ignored."""
     if choices:
         return SglSelect(name, choices, 0.0 if temperature is None else temperature,
                          choices_method or token_length_normalized)

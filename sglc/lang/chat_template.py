@@ -4,8 +4,8 @@ when it has one, else taken from a small registry (chatml, llama-2, llama-3, pla
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 logger = logging.getLogger(__name__)
 

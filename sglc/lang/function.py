@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 from .primitives import ProgramError, SglSamplingParams
 
@@ -55,8 +55,8 @@ class SglFunction:
             min_p: float = 0.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
             repetition_penalty: float | None = None, ignore_eos: bool = False,
             return_logprob: bool | None = None, logprob_start_len: int | None = None,
-            top_logprobs_num: int | None = None, stream: bool = False, backend=None,
-            **kwargs):
+            top_logprobs_num: int | None = None, return_text_in_logprobs: bool | None = None,
+            stream: bool = False, backend=None, **kwargs):
         """Run the program once; returns its `ProgramState`. Raises the program's error."""
         from .api import resolve_backend
         from .interpreter import run_program
@@ -74,7 +74,8 @@ class SglFunction:
                   frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                   repetition_penalty: float | None = None, ignore_eos: bool = False,
                   return_logprob: bool | None = None, logprob_start_len: int | None = None,
-                  top_logprobs_num: int | None = None, backend=None,
+                  top_logprobs_num: int | None = None,
+                  return_text_in_logprobs: bool | None = None, backend=None,
                   num_threads: int | str = "auto", progress_bar: bool = False):
         """Run the program once per argument dict (or positional tuple), concurrently; returns
         the states in order. A failed program's error is on its state (`state.error()`)."""

@@ -4,6 +4,7 @@ concurrently; `run_program` and `run_program_batch` drive whole programs."""
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -11,10 +12,23 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .primitives import (
-    ProgramError, SglCommitLazy, SglConcateAndAppend, SglConstantText, SglExpr, SglExprList,
-    SglGen, SglRoleBegin, SglRoleEnd, SglSamplingParams, SglSelect, SglVarScopeBegin,
-    SglVarScopeEnd, var_names,
+    ProgramError,
+    SglCommitLazy,
+    SglConcateAndAppend,
+    SglConstantText,
+    SglExpr,
+    SglExprList,
+    SglGen,
+    SglRoleBegin,
+    SglRoleEnd,
+    SglSamplingParams,
+    SglSelect,
+    SglVarScopeBegin,
+    SglVarScopeEnd,
+    var_names,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class StreamExecutor:
@@ -56,8 +70,12 @@ class StreamExecutor:
 
     # ---- called from the program's thread -----------------------------------------------------
     def submit(self, expr: SglExpr, loc: str | None = None) -> None:
-        for name in var_names(expr):
-            self.variable_event[name] = threading.Event()
+        if self._ended:
+            raise ProgramError(f"cannot append {expr!r}: this state has ended (a joined fork, "
+                               "or a program that returned)")
+        with self.cond:
+            for name in var_names(expr):
+                self.variable_event[name] = threading.Event()
         if self.use_thread:
             self.queue.put((expr, loc))
         else:
@@ -142,13 +160,15 @@ class StreamExecutor:
                 self.queue.task_done()
                 break
             expr, loc = item
-            if self.error_ is None:  # after an error the rest of the program is skipped
+            if self.error_ is None:
                 try:
                     self._execute(expr)
                 except BaseException as e:  # noqa: BLE001 - recorded, re-raised to the caller
                     if loc and hasattr(e, "add_note"):
                         e.add_note(f"while running {expr!r} appended at {loc}")
                     self.fail(e)
+            else:  # after an error the rest is skipped; readers of its variables get the error
+                self.fail(self.error_)
             self.queue.task_done()
         with self.cond:
             self.is_finished = True
@@ -173,7 +193,8 @@ class StreamExecutor:
         elif isinstance(expr, SglVarScopeEnd):
             self._set(expr.name, self.text_[self.variables[expr.name]:])
         elif isinstance(expr, SglCommitLazy):
-            self.backend.cache_prefix(self.text_)
+            if self.text_:
+                self.backend.cache_prefix(self.text_)
         elif isinstance(expr, SglConcateAndAppend):
             self._execute_concate_and_append(expr)
         else:
@@ -303,8 +324,8 @@ def run_program(program, backend, args: tuple, kwargs: dict,
     def target():
         try:
             execute(state, program, args, kwargs)
-        except BaseException:  # noqa: BLE001 - recorded on the state, raised by text_iter
-            pass
+        except BaseException as e:  # noqa: BLE001 - recorded on the state, raised by text_iter
+            logger.debug("streamed program %s failed: %r", program, e)
 
     thread = threading.Thread(target=target, daemon=True, name="sglc-stream-program")
     state.stream_executor.program_thread = thread
@@ -329,8 +350,8 @@ def run_program_batch(program, backend, batch_kwargs: list[dict],
         state = make_state(program, backend, kwargs, default_params)
         try:
             execute(state, program, (), kwargs)
-        except Exception:  # noqa: BLE001 - reported on the state, as SGLang does
-            pass
+        except Exception as e:  # noqa: BLE001 - reported on the state, as SGLang does
+            logger.debug("program %s failed in run_batch: %r", program, e)
         return state
 
     pbar = None

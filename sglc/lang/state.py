@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from .interpreter import StreamExecutor
 from .primitives import (
-    ProgramError, SglConcateAndAppend, SglExpr, SglExprList, SglRoleBegin, SglRoleEnd,
-    SglVarScopeBegin, SglVarScopeEnd, as_expr, caller_location,
+    ProgramError,
+    SglConcateAndAppend,
+    SglExpr,
+    SglExprList,
+    SglRoleBegin,
+    SglRoleEnd,
+    SglVarScopeBegin,
+    SglVarScopeEnd,
+    as_expr,
+    caller_location,
 )
 
 
@@ -24,7 +32,7 @@ class ProgramState:
     def _append(self, expr, loc: str | None) -> None:
         self.stream_executor.submit(as_expr(expr), loc)
 
-    def __iadd__(self, other) -> ProgramState:
+    def __iadd__(self, other) -> ProgramState:  # noqa: PYI034 - 3.10 has no typing.Self
         self._append(other, caller_location())
         return self
 
@@ -137,7 +145,7 @@ class ProgramState:
         sent = 0
         while True:
             with exe.cond:
-                exe.cond.wait_for(lambda: len(current()) > sent or done())
+                exe.cond.wait_for(lambda n=sent: len(current()) > n or done())
                 piece, finished = current()[sent:], done()
             sent += len(piece)
             if piece:
@@ -218,7 +226,7 @@ class ProgramStateGroup:
     def __iter__(self):
         return iter(self.states)
 
-    def __iadd__(self, other) -> ProgramStateGroup:
+    def __iadd__(self, other) -> ProgramStateGroup:  # noqa: PYI034
         loc = caller_location()
         if isinstance(other, (list, tuple)):
             if len(other) != len(self.states):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from sglc_runtime.errors import SglcError
+
 from ..backend.base import BaseBackend
 from .interpreter import StreamExecutor
 from .primitives import SglSamplingParams
@@ -106,5 +108,9 @@ def cache_program_prefix(program, backend: BaseBackend, batch_kwargs: list[dict]
     prefix = constant_prefix(program, backend, batch_kwargs, default_params)
     if len(prefix) < MIN_PREFIX_CHARS:
         return ""
-    backend.cache_prefix(prefix)
+    try:
+        backend.cache_prefix(prefix)
+    except SglcError as e:  # e.g. too long: every program will report it on its own state
+        logger.warning("could not cache the batch's common prefix: %s", e)
+        return ""
     return prefix

@@ -1,0 +1,85 @@
+"""Small-batch decode through int4 weights: on a CPU, batch-1 decode is bound by reading the
+weights from memory, so rows <= `max_rows` use torch's packed-int4 matmul (4.5 bits/weight,
+group-32 scale + zero, bf16 activations) while larger batches keep the exact float path.
+
+`quantize_int4` below is the plain PyTorch reference of what the packed kernel computes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GROUP = 32
+
+
+def int4_available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric group-32 min/max quantization: w ~= scale * (q - 8) + zero, q in [0, 15].
+    Returns q (N, K) int32, scale (N, K/G), zero (N, K/G). Exact for Q4_1 blocks whose codes
+    span 0..15 (the usual case), since Q4_1 stores w = d * q + m."""
+    n, k = w.shape
+    g = w.float().reshape(n, k // GROUP, GROUP)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-10)
+    q = ((g - lo.unsqueeze(-1)) / scale.unsqueeze(-1)).round().clamp(0, 15).to(torch.int32)
+    zero = lo + 8 * scale
+    return q.reshape(n, k), scale, zero
+
+
+def dequantize_int4(q, scale, zero) -> torch.Tensor:
+    n, k = q.shape
+    g = (q.reshape(n, k // GROUP, GROUP).float() - 8) * scale.unsqueeze(-1) + zero.unsqueeze(-1)
+    return g.reshape(n, k)
+
+
+class Int4DecodeLinear(nn.Module):
+    """Wraps an nn.Linear: rows <= max_rows go through packed int4, others through the float
+    weight. The float weight stays the source of truth (prefill, large batches)."""
+
+    def __init__(self, linear: nn.Linear, max_rows: int = 8):
+        super().__init__()
+        assert linear.bias is None and linear.in_features % GROUP == 0
+        self.linear = linear
+        self.max_rows = max_rows
+        q, scale, zero = quantize_int4(linear.weight.data)
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)  # (N, K/2) u8
+        self.scales_zeros = torch.stack([scale, zero], -1).transpose(0, 1).contiguous() \
+            .to(torch.bfloat16)  # (K/G, N, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.max_rows:
+            return self.linear(x)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, GROUP,
+                                                       self.scales_zeros)
+        return y.to(x.dtype)
+
+
+class Bf16DecodeLinear(nn.Module):
+    """Rows <= max_rows use a bfloat16 copy of the weight (half the memory traffic); used for
+    the LM head, whose Q8_0 source would lose too much at 4 bits."""
+
+    def __init__(self, linear: nn.Linear, max_rows: int = 8):
+        super().__init__()
+        self.linear = linear
+        self.max_rows = max_rows
+        self.weight_bf16 = linear.weight.data.to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.max_rows:
+            return self.linear(x)
+        return F.linear(x.to(torch.bfloat16), self.weight_bf16).to(x.dtype)
+
+
+def enable_int4_decode(model: nn.Module, max_rows: int = 8) -> None:
+    """Swap the decoder's projections (and the LM head, in bf16) for the small-batch paths."""
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.qkv_proj = Int4DecodeLinear(attn.qkv_proj, max_rows)
+        attn.o_proj = Int4DecodeLinear(attn.o_proj, max_rows)
+        mlp.gate_up_proj = Int4DecodeLinear(mlp.gate_up_proj, max_rows)
+        mlp.down_proj = Int4DecodeLinear(mlp.down_proj, max_rows)
+    model.lm_head = Bf16DecodeLinear(model.lm_head, max_rows)
