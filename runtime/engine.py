@@ -141,6 +141,10 @@ class Engine:
             raise InvalidRequestError("top_logprobs_num must be >= 0")
         req = Req(ids, params, return_logprob=return_logprob, logprob_start_len=start,
                   top_logprobs_num=top_logprobs_num)
+        if return_logprob and start == 0:  # the first token has no context to be scored in
+            req.input_token_logprobs.append((None, ids[0], None))
+            if top_logprobs_num:
+                req.input_top_logprobs.append(None)
         if params.constraint is not None:
             req.constraint = self._build_constraint(params)
             req.fsm_state = req.constraint.initial_state

@@ -16,16 +16,15 @@ def top_list(row: torch.Tensor, k: int) -> list[tuple[float, int, None]]:
 
 def record_input_logprobs(req: Req, logprobs: torch.Tensor, start_pos: int) -> None:
     """`logprobs[j]` is the distribution after prompt position start_pos + j; keep the entries
-    that score prompt tokens at positions >= logprob_start_len."""
+    that score prompt tokens at positions >= logprob_start_len. Idempotent per position, so a
+    retracted request's recomputation does not record twice."""
     ids = req.input_ids
-    if not req.input_token_logprobs and req.logprob_start_len == 0:
-        req.input_token_logprobs.append((None, ids[0], None))
-        if req.top_logprobs_num:
-            req.input_top_logprobs.append(None)
     for j in range(logprobs.shape[0]):
         target = start_pos + j + 1
         if target < req.logprob_start_len or target >= len(ids):
             continue
+        if target - req.logprob_start_len != len(req.input_token_logprobs):
+            continue  # already recorded
         req.input_token_logprobs.append((float(logprobs[j, ids[target]]), ids[target], None))
         if req.top_logprobs_num:
             req.input_top_logprobs.append(top_list(logprobs[j], req.top_logprobs_num))

@@ -59,3 +59,9 @@ def test_logprobs_match_hf(engine, hf_model):
     assert tok == int(ref[-1].argmax()) and lp == pytest.approx(float(ref[-1].max()), abs=2e-3)
     top = r["meta_info"]["output_top_logprobs"][0]
     assert [t for _, t, _ in top] == ref[-1].topk(3).indices.tolist()
+
+
+def test_one_token_prompt_input_logprobs(engine):
+    r = engine.generate(input_ids=[504], sampling_params={"max_new_tokens": 0},
+                        return_logprob=True, logprob_start_len=0)
+    assert r["meta_info"]["input_token_logprobs"] == [(None, 504, None)]

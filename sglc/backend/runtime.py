@@ -139,10 +139,7 @@ class RuntimeBackend(BaseBackend):
                                     return_logprob=True, logprob_start_len=0)
         result: list[list] = [[] for _ in ids]
         for i, o in zip(nonempty, outs):
-            lps = self._with_text(o["meta_info"]["input_token_logprobs"])
-            if len(lps) < len(ids[i]):  # the engine leaves out the leading (None, id) at times
-                lps = [(None, ids[i][0], self.tokenizer.decode([ids[i][0]]))] + lps
-            result[i] = lps
+            result[i] = self._with_text(o["meta_info"]["input_token_logprobs"])
         return result
 
     def _with_text(self, lps: list) -> list:
