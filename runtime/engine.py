@@ -13,7 +13,7 @@ from .config import EngineConfig
 from .engine_core import EngineCore
 from .errors import EngineClosedError, InvalidRequestError, SglcError
 from .outputs import make_result
-from .request import Req
+from .request import Req, ReqStatus
 from .sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class Engine:
         self._wake = threading.Event()
         self._closed = False
         self._live: dict[int, Req] = {}
+        self._flushes: queue.Queue = queue.Queue()  # (event, result list) from flush_cache()
         self._thread = threading.Thread(target=self._loop, name="sglc-engine", daemon=True)
         self._thread.start()
 
@@ -62,6 +63,13 @@ class Engine:
                     break
                 self._live[req.rid] = req
                 core.add_request(req)
+            while not self._flushes.empty():
+                done, result = self._flushes.get_nowait()
+                idle = not core.scheduler.has_work()
+                if idle:
+                    core.scheduler.cache.reset()
+                result.append(idle)
+                done.set()
             if not core.scheduler.has_work():
                 self._wake.wait(0.05)
                 self._wake.clear()
@@ -81,9 +89,13 @@ class Engine:
                 if r.finished:
                     self._live.pop(r.rid, None)
         err = EngineClosedError("the engine was shut down")
+        while not self._inbox.empty():
+            req = self._inbox.get_nowait()
+            self._live[req.rid] = req
         for r in list(self._live.values()):
             r.error = err
             r.finish_reason = {"type": "abort", "message": str(err)}
+            r.status = ReqStatus.FINISHED
             if r.on_update is not None:
                 r.on_update(r)
 
@@ -214,21 +226,55 @@ class Engine:
     async def async_generate(self, prompt=None, sampling_params=None, input_ids=None,
                              return_logprob: bool = False, logprob_start_len=None,
                              top_logprobs_num: int = 0, stream: bool = False) -> Any:
-        """Awaitable `generate`; with stream=True an async iterator of chunks."""
+        """Awaitable `generate` (no thread is held while waiting, so thousands of requests can
+        be in flight); with stream=True an async iterator of chunks."""
+        reqs, single = self._make_reqs(prompt, sampling_params, input_ids, return_logprob,
+                                       logprob_start_len, top_logprobs_num)
+        loop = asyncio.get_running_loop()
+        queues = []
+        for r in reqs:
+            q: asyncio.Queue = asyncio.Queue()
+            r.on_update = (lambda req, q=q: loop.call_soon_threadsafe(
+                q.put_nowait, ("done" if req.finished else "chunk", req)))
+            queues.append(q)
         if stream:
-            return self._async_stream(prompt, sampling_params, input_ids, return_logprob,
-                                      logprob_start_len, top_logprobs_num)
-        return await asyncio.to_thread(self.generate, prompt, sampling_params, input_ids,
-                                       return_logprob, logprob_start_len, top_logprobs_num)
+            if len(reqs) != 1:
+                raise InvalidRequestError("stream=True takes a single prompt with n=1")
+            self._submit(reqs)
+            return self._async_stream(queues[0])
+        self._submit(reqs)
+        results = []
+        for q in queues:
+            while True:
+                kind, r = await q.get()
+                if kind == "done":
+                    break
+            results.append(self._check(r))
+        return results[0] if single else results
 
-    async def _async_stream(self, *args):
-        it = self.generate(*args, stream=True)
-        sentinel = object()
+    async def _async_stream(self, q: asyncio.Queue):
+        sent = 0
         while True:
-            chunk = await asyncio.to_thread(next, it, sentinel)
-            if chunk is sentinel:
-                return
-            yield chunk
+            kind, r = await q.get()
+            if kind == "chunk" and not r.finished:
+                piece = r.text[sent:]
+                if piece:
+                    sent = len(r.text)
+                    yield {"text": piece, "meta_info": {"id": str(r.rid)}}
+                continue
+            result = self._check(r)
+            result["text"] = r.text[sent:]
+            yield result
+            return
+
+    def flush_cache(self) -> bool:
+        """Drop the radix cache's contents; only done when no request is in flight (returns
+        whether it was)."""
+        done, result = threading.Event(), []
+        self._flushes.put((done, result))
+        self._wake.set()
+        done.wait(timeout=60)
+        return bool(result and result[0])
 
     def shutdown(self) -> None:
         """Stop the engine thread; waiting callers get EngineClosedError."""

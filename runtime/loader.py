@@ -157,6 +157,10 @@ def hf_config(folder: Path) -> ModelConfig:
     if c.get("model_type") not in ("llama", "mistral") and not any("Llama" in a for a in archs):
         raise ModelLoadError(f"{folder}: model_type {c.get('model_type')!r} is not llama-family")
     n_head = c["num_attention_heads"]
+    scaling = c.get("rope_scaling") or (c.get("rope_parameters") or {})
+    if scaling.get("rope_type", scaling.get("type", "default")) not in ("default", None):
+        raise ModelLoadError(f"{folder}: RoPE scaling {scaling.get('rope_type')!r} is not "
+                             "supported")
     eos = c.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
     return ModelConfig(
@@ -164,7 +168,8 @@ def hf_config(folder: Path) -> ModelConfig:
         intermediate_size=c["intermediate_size"], num_hidden_layers=c["num_hidden_layers"],
         num_attention_heads=n_head, num_key_value_heads=c.get("num_key_value_heads", n_head),
         head_dim=c.get("head_dim") or c["hidden_size"] // n_head,
-        rope_theta=c.get("rope_theta", 10000.0), rms_norm_eps=c.get("rms_norm_eps", 1e-5),
+        rope_theta=(c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta", 1e4)),
+        rms_norm_eps=c.get("rms_norm_eps", 1e-5),
         max_position_embeddings=c.get("max_position_embeddings", 4096),
         tie_word_embeddings=c.get("tie_word_embeddings", False),
         bos_token_id=c.get("bos_token_id"), eos_token_ids=eos_ids, name=folder.name)

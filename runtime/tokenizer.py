@@ -108,6 +108,10 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tk.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    @property
+    def bos_token(self) -> str:
+        return self.tk.id_to_token(self.bos_token_id) if self.bos_token_id is not None else ""
+
     @cached_property
     def special_ids(self) -> frozenset[int]:
         return frozenset(t.id if hasattr(t, "id") else i
@@ -138,10 +142,9 @@ class Tokenizer:
 
         env.globals["raise_exception"] = raise_exception
         tmpl = env.from_string(self.chat_template)
-        bos = self.tk.id_to_token(self.bos_token_id) if self.bos_token_id is not None else ""
         eos = self.tk.id_to_token(self.eos_token_ids[0]) if self.eos_token_ids else ""
         return tmpl.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                           bos_token=bos, eos_token=eos)
+                           bos_token=self.bos_token, eos_token=eos)
 
 
 class IncrementalDecoder:

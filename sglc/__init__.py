@@ -40,6 +40,7 @@ __all__ = [
     "ProgramStateGroup",
     "Runtime",
     "RuntimeBackend",
+    "RuntimeEndpoint",
     "SglFunction",
     "SglcError",
     "assistant",
@@ -77,8 +78,14 @@ def __getattr__(name: str):
         from .backend.runtime import RuntimeBackend
 
         return RuntimeBackend
+    if name == "RuntimeEndpoint":
+        from .backend.endpoint import RuntimeEndpoint
+
+        return RuntimeEndpoint
     if name == "Engine":
         from sglc_runtime.engine import Engine
 
         return Engine
     raise AttributeError(f"module 'sglc' has no attribute {name!r}")
+
+from .compiler import compile as compile  # the ahead-of-time compiler (added by the compiler agent)

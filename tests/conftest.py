@@ -1,6 +1,9 @@
 """Shared fixtures: one float32 engine on the default model, and the HF transformers oracle."""
 
 import os
+import socket
+import threading
+import time
 
 import pytest
 
@@ -42,3 +45,28 @@ def runtime(engine):
     sgl.set_default_backend(rt)
     yield rt
     sgl.set_default_backend(None)
+
+
+@pytest.fixture(scope="session")
+def base_url(engine):
+    """`sglc serve` over the shared engine, on a free loopback port."""
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
+    import uvicorn
+
+    from sglc_runtime.server.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, "smol"), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    th.join(timeout=10)

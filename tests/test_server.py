@@ -1,36 +1,12 @@
 """The OpenAI-compatible server, driven by the official `openai` client over loopback."""
 
 import json
-import socket
 import urllib.error
 import urllib.request
-import threading
-import time
 
 import pytest
 
 openai = pytest.importorskip("openai")
-uvicorn = pytest.importorskip("uvicorn")
-
-
-@pytest.fixture(scope="module")
-def base_url(engine):
-    from sglc_runtime.server.app import create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, "smol"), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    th.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -79,10 +79,42 @@ def create_app(engine: Engine, model_name: str = "default"):
     async def health():
         return {"status": "ok"}
 
+    tok = engine.tokenizer
+
     @app.get("/get_model_info")
     async def model_info():
+        """What a remote frontend needs to tokenize and render roles like the server does."""
         return {"model_path": engine.config.model_path or "default",
-                "context_length": engine.core.runner.context_length}
+                "context_length": engine.core.runner.context_length,
+                "chat_template": tok.chat_template, "bos_token_id": tok.bos_token_id,
+                "bos_token": tok.bos_token, "eos_token_ids": list(tok.eos_token_ids),
+                "add_bos": tok.add_bos, "special_ids": sorted(tok.special_ids),
+                "vocab_size": tok.vocab_size}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        body = await body_of(request)
+        if not isinstance(body.get("text"), str):
+            raise SglcError("/tokenize needs a string 'text'")
+        return {"tokens": tok.encode(body["text"], bool(body.get("add_special_tokens", True)))}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        body = await body_of(request)
+        ids = body.get("tokens")
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+            raise SglcError("/detokenize needs a list of integer 'tokens'")
+        return {"text": tok.decode(ids, bool(body.get("skip_special_tokens", True)))}
+
+    @app.post("/apply_chat_template")
+    async def apply_chat_template(request: Request):
+        body = await body_of(request)
+        return {"text": tok.apply_chat_template(body.get("messages") or [],
+                                                bool(body.get("add_generation_prompt", True)))}
+
+    @app.post("/flush_cache")
+    async def flush_cache():
+        return {"flushed": engine.flush_cache()}
 
     @app.get("/v1/models")
     async def models():

@@ -47,10 +47,8 @@ class RuntimeBackend(BaseBackend):
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt)
         tok = self.tokenizer
-        if tok.add_bos and tok.bos_token_id is not None:  # encode() adds it again
-            bos = tok.tk.id_to_token(tok.bos_token_id)
-            if bos and text.startswith(bos):
-                text = text[len(bos):]
+        if tok.add_bos and tok.bos_token and text.startswith(tok.bos_token):
+            text = text[len(tok.bos_token):]  # encode() adds it again
         return text
 
     def stop_token_ids(self, stop_strs: tuple[str, ...]) -> tuple[int, ...]:
@@ -93,6 +91,9 @@ class RuntimeBackend(BaseBackend):
     def cache_prefix(self, prefix: str) -> None:
         if prefix:
             self.engine.generate(prompt=prefix, sampling_params={"max_new_tokens": 0})
+
+    def flush_cache(self) -> bool:
+        return self.engine.flush_cache()
 
     # ---- select -------------------------------------------------------------------------------
     def select(self, prompt: str, choices: list[str], temperature: float,

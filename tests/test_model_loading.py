@@ -1,0 +1,74 @@
+"""Model sources: the default GGUF, a Hugging Face folder, bad paths; dtypes."""
+
+import json
+
+import pytest
+
+from sglc_runtime.engine import Engine
+from sglc_runtime.errors import InvalidRequestError, ModelLoadError
+from sglc_runtime.model_source import resolve_model_path
+
+PROMPTS = ["The capital of France is", "<|im_start|>user\nName a fruit.<|im_end|>\n"
+           "<|im_start|>assistant\n"]
+GREEDY = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
+
+
+def test_hf_folder_loads_and_matches_gguf(engine, hf_model, tmp_path):
+    """Save the oracle's weights as a HF folder (safetensors + config + tokenizer.json) and
+    check that folder runs to the same greedy tokens as the GGUF."""
+    from safetensors.torch import save_file
+
+    cfg = hf_model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    state = {k: v.contiguous() for k, v in hf_model.state_dict().items()}
+    if cfg.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    engine.tokenizer.tk.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "chat_template": engine.tokenizer.chat_template, "eos_token": "<|im_end|>",
+        "add_bos_token": False}))
+    folder = Engine(model_path=str(tmp_path), dtype="float32")
+    try:
+        got = folder.generate(PROMPTS, GREEDY)
+        assert folder.tokenizer.chat_template == engine.tokenizer.chat_template
+        assert folder.tokenizer.eos_token_ids == engine.tokenizer.eos_token_ids
+    finally:
+        folder.shutdown()
+    ref = engine.generate(PROMPTS, GREEDY)
+    assert [o["output_ids"] for o in got] == [o["output_ids"] for o in ref]
+
+
+def test_bfloat16_and_auto_dtypes_generate_sensible_text():
+    for dtype in ("bfloat16", "auto"):
+        eng = Engine(dtype=dtype)
+        try:
+            r = eng.generate("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+                             "<|im_start|>assistant\n", {"temperature": 0, "max_new_tokens": 16})
+            assert "Paris" in r["text"], (dtype, r["text"])
+        finally:
+            eng.shutdown()
+
+
+def test_bad_model_paths(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        resolve_model_path(tmp_path / "missing.gguf")
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ModelLoadError, match="not a .gguf"):
+        resolve_model_path(tmp_path / "notes.txt")
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    with pytest.raises(ModelLoadError, match="not a readable GGUF"):
+        Engine(model_path=str(bad))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        Engine(model_path=str(empty))
+
+
+def test_bad_engine_arguments():
+    with pytest.raises(InvalidRequestError, match="schedule_policy"):
+        Engine(schedule_policy="random")
+    with pytest.raises(InvalidRequestError, match="dtype"):
+        Engine(dtype="float8")
