@@ -31,6 +31,9 @@ from .lang.function import SglFunction
 from .lang.primitives import ProgramError
 from .lang.state import ProgramState, ProgramStateGroup
 
+from . import ir
+from .compiler import compile
+
 __version__ = "0.1.0"
 __all__ = [
     "ChatTemplate",
@@ -46,6 +49,8 @@ __all__ = [
     "assistant",
     "assistant_begin",
     "assistant_end",
+    "compile",
+    "ir",
     "flush_cache",
     "function",
     "gen",
@@ -87,5 +92,3 @@ def __getattr__(name: str):
 
         return Engine
     raise AttributeError(f"module 'sglc' has no attribute {name!r}")
-
-from .compiler import compile as compile  # the ahead-of-time compiler (added by the compiler agent)

@@ -8,6 +8,7 @@ import time
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the oracle loads a local GGUF; never the hub
 
 
 @pytest.fixture(scope="session")

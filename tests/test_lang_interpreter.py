@@ -457,3 +457,35 @@ def test_runtime_passes_engine_arguments(monkeypatch):
     wrapped = sgl.Runtime(engine=shared)
     wrapped.shutdown()  # not its engine: left running
     assert "shut" not in shared.args
+
+
+def test_reading_a_name_generated_twice_waits_for_the_last_write():
+    backend = FakeBackend(delay=0.01)
+
+    @sgl.function
+    def prog(s):
+        s += "a" + sgl.gen("v", max_tokens=4)
+        s += "bb" + sgl.gen("v", max_tokens=4)
+        s += "ccc" + sgl.gen("v", max_tokens=4)
+        return s["v"]
+
+    for _ in range(20):
+        state = prog.run(backend=backend)
+        assert state.ret_value == state["v"] == f"<{len(state.text()) - len(state['v'])}>"
+        assert state.text().endswith("ccc" + state["v"])
+
+
+def test_calling_a_function_on_a_state_runs_it_inline(fake):
+    @sgl.function
+    def greet(s, name):
+        s += "Hello, " + name + ". " + sgl.gen("reply", max_tokens=4)
+
+    @sgl.function
+    def outer(s):
+        s += "Start. "
+        greet(s, "Ada")
+        s += " End."
+
+    state = outer.run(backend=fake)
+    assert state.text().startswith("Start. Hello, Ada. <") and state.text().endswith(" End.")
+    assert "reply" in state

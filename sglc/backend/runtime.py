@@ -71,6 +71,18 @@ class RuntimeBackend(BaseBackend):
         out = self.engine.generate(**self._prompt_args(prompt), sampling_params=sp, **lp)
         return out["text"], self._meta_with_text(out["meta_info"])
 
+    def generate_many(self, prompts: list[str], params: list[SglSamplingParams]
+                      ) -> list[tuple[str, dict]]:
+        """One engine call for the whole group, so its requests are scheduled together."""
+        if not prompts:
+            return []
+        reqs = [p.to_request() for p in params]
+        if any(lp != reqs[0][1] for _, lp in reqs) or not all(prompts):
+            return super().generate_many(prompts, params)  # logprob options differ per gen
+        outs = self.engine.generate(prompt=list(prompts), sampling_params=[sp for sp, _ in reqs],
+                                    **reqs[0][1])
+        return [(o["text"], self._meta_with_text(o["meta_info"])) for o in outs]
+
     def generate_stream(self, prompt: str, params: SglSamplingParams
                         ) -> Iterator[tuple[str, dict]]:
         sp, lp = params.to_request()

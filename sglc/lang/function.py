@@ -107,6 +107,12 @@ class SglFunction:
         return dict(zip(self.arg_names, args))
 
     def __call__(self, *args, **kwargs):
+        """`other(s, ...)` inside a program runs other's body on the caller's state (a
+        sub-program, as the compiler inlines it); `other(x=...)` alone is `other.run(...)`."""
+        from .state import ProgramState
+
+        if args and isinstance(args[0], ProgramState):
+            return self.func(*args, **{**self.bind_arguments, **kwargs})
         return self.run(*args, **kwargs)
 
     def __repr__(self) -> str:

@@ -50,6 +50,7 @@ class StreamExecutor:
         self.variables: dict[str, Any] = {}
         self.meta_info: dict[str, Any] = {}
         self.variable_event: dict[str, threading.Event] = {}
+        self._pending: dict[str, int] = {}  # writes of each name submitted but not yet done
         self.messages_: list[dict] = []
         self.cur_role: str | None = None
         self.cur_role_begin_pos: int | None = None
@@ -75,7 +76,11 @@ class StreamExecutor:
                                "or a program that returned)")
         with self.cond:
             for name in var_names(expr):
-                self.variable_event[name] = threading.Event()
+                # a reader waits for the last pending write of a name, not the first
+                self._pending[name] = self._pending.get(name, 0) + 1
+                ev = self.variable_event.get(name)
+                if ev is None or ev.is_set():
+                    self.variable_event[name] = threading.Event()
         if self.use_thread:
             self.queue.put((expr, loc))
         else:
@@ -213,7 +218,10 @@ class StreamExecutor:
             if meta is not None:
                 self.meta_info[name] = meta
             if event:
-                self.variable_event.setdefault(name, threading.Event()).set()
+                left = self._pending.get(name, 0) - 1
+                self._pending[name] = max(left, 0)
+                if left <= 0:
+                    self.variable_event.setdefault(name, threading.Event()).set()
             self.cond.notify_all()
 
     def resolve_sampling_params(self, params: SglSamplingParams) -> SglSamplingParams:

@@ -1,0 +1,518 @@
+"""The graph executor: runs compiled programs as dataflow over the backend interface.
+
+Every program instance of a `run_batch` is one copy of the graph's node states. A single
+scheduler loop evaluates the cheap nodes (text, roles, gets, Python expressions, branches) as
+soon as their operands are ready, and submits the model calls that became ready in the same
+round together, so the engine sees them at once: a fork's sibling gens (one `group`) go out as
+one `generate_many` call, and a batch's shared constant prefix (`commit {batch=true}`) is
+prefilled once for all instances. States are immutable snapshots (`StreamExecutor`s without a
+worker thread); each op applies the interpreter's own step to a copy, so compiled and eager
+runs produce the same text."""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import logging
+import operator
+import queue
+import threading
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+from ..ir.ops import GEN_PARAMS, Op
+from ..lang.interpreter import StreamExecutor
+from ..lang.primitives import (
+    ProgramError,
+    SglConstantText,
+    SglGen,
+    SglRoleBegin,
+    SglRoleEnd,
+    SglSamplingParams,
+    SglSelect,
+    SglVarScopeBegin,
+    SglVarScopeEnd,
+    as_expr,
+)
+from ..lang.state import ProgramState
+from .base import BaseBackend
+
+logger = logging.getLogger(__name__)
+
+DEAD = type("Dead", (), {"__repr__": lambda self: "DEAD"})()  # the value of an untaken path
+ATTR_TO_FIELD = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
+MIN_BATCH_PREFIX_CHARS = 64  # shorter shared prefixes are not worth a request (as the tracer)
+
+
+def _unpack(value, n: int) -> tuple:
+    t = tuple(value)
+    if len(t) != n:
+        raise ValueError(f"expected {n} values to unpack, got {len(t)}")
+    return t
+
+
+HELPERS = {"_unpack": _unpack, **{f"_{name}": getattr(operator, name) for name in (
+    "iadd", "isub", "imul", "imatmul", "itruediv", "ifloordiv", "imod", "ipow", "ilshift",
+    "irshift", "ior", "ixor", "iand")}}
+
+
+class SnapshotState(ProgramState):
+    """A read-only view of one state of a compiled program, as Python code in it sees states."""
+
+    def __iadd__(self, other):
+        raise ProgramError("this is a snapshot of a compiled program's state; it cannot be "
+                           "appended to here")
+
+    def fork(self, *args, **kwargs):
+        raise ProgramError("a snapshot of a compiled program's state cannot be forked")
+
+    def __del__(self):
+        pass
+
+
+def clone(exe: StreamExecutor) -> StreamExecutor:
+    """A copy of a state to apply the next op to (states are never changed in place)."""
+    c = StreamExecutor(exe.backend, exe.arguments, exe.default_params, exe.chat_template,
+                       stream=False, num_api_spec_tokens=exe.num_api_spec_tokens,
+                       use_thread=False)
+    c.text_, c.messages_ = exe.text_, list(exe.messages_)
+    c.variables, c.meta_info = dict(exe.variables), dict(exe.meta_info)
+    c.cur_role, c.cur_role_begin_pos = exe.cur_role, exe.cur_role_begin_pos
+    c.fork_start_text_pos, c._stop_ids = exe.fork_start_text_pos, exe._stop_ids
+    return c
+
+
+def _has_model_call(expr) -> bool:
+    return any(isinstance(x, (SglGen, SglSelect)) for x in expr.flatten())
+
+
+class Plan:
+    """What the scheduler needs of one graph, computed once."""
+
+    def __init__(self, graph, func):
+        self.graph, self.func = graph, func
+        order = graph.topo_order()
+        self.rank = {n: i for i, n in enumerate(order)}
+        self.nodes = {n: graph.node(n) for n in order}
+        self.num_deps = {n: len(set(self.nodes[n].args)) for n in order}
+        self.users = {n: sorted(set(graph.successors(n)), key=self.rank.get) for n in order}
+        self.sources = [n for n in order if not self.num_deps[n]]
+        self.ret = next(n for n in order if self.nodes[n].op is Op.RET)
+        self.main = self._main_chain()
+        self.group_of, self.groups = {}, defaultdict(list)
+        self.params, self.selects, self.code = {}, {}, {}
+        from ..lang.choices import (
+            greedy_token_selection,
+            token_length_normalized,
+            unconditional_likelihood_normalized,
+        )
+        methods = {m.name: m for m in (token_length_normalized, greedy_token_selection,
+                                       unconditional_likelihood_normalized)}
+        for n, node in self.nodes.items():
+            a = node.attrs
+            if "group" in a and node.op in (Op.GEN, Op.SELECT):
+                self.group_of[n] = a["group"]
+                self.groups[a["group"]].append(n)
+            if node.op is Op.GEN:
+                self.params[n] = SglSamplingParams(**{ATTR_TO_FIELD.get(k, k): v
+                                                      for k, v in a.items() if k in GEN_PARAMS})
+            elif node.op is Op.SELECT:
+                self.selects[n] = (a.get("temperature", 0.0),
+                                   methods[a.get("choices_method", "token_length_normalized")])
+            elif node.op is Op.PY:
+                self.code[n] = compile(a["code"], f"<sglc %{n}: {node.loc or 'py'}>", "eval")
+        self.var_names = sorted({a["name"] for node in self.nodes.values()
+                                 for a in [node.attrs] if node.op in (
+                                     Op.GEN, Op.SELECT, Op.SCOPE_END) and a.get("name")})
+
+    def _main_chain(self) -> set:
+        """The nodes the returned state is built through (what a streamed state shows)."""
+        out, stack = set(), [self.nodes[self.ret].args[0]]
+        while stack:
+            n = stack.pop()
+            if n in out:
+                continue
+            out.add(n)
+            node = self.nodes[n]
+            if node.op is Op.MERGE:
+                stack.extend(node.args)
+            elif node.args and node.op is not Op.CHILD:
+                stack.append(node.args[0])
+        return out
+
+
+class Envs(dict):
+    """Globals for `py` code, per function (None: the program's own), built on first use:
+    the function's module globals, its closure's values and the executor's helpers."""
+
+    def __init__(self, func):
+        super().__init__()
+        self.func = func
+
+    def __missing__(self, fn):
+        f = fn or self.func
+        env = dict(f.__globals__)
+        code = getattr(f, "__code__", None)
+        for name, cell in zip(code.co_freevars if code else (), f.__closure__ or ()):
+            try:
+                env[name] = cell.cell_contents
+            except ValueError:
+                pass
+        env.update(HELPERS)
+        self[fn] = env
+        return env
+
+
+class Instance:
+    """One run of a program: its arguments, its node values, the state its caller holds."""
+
+    def __init__(self, plan: Plan, arguments: dict, state: ProgramState, env: dict):
+        self.plan, self.arguments, self.state, self.env = plan, arguments, state, env
+        self.values: dict = {}
+        self.remaining = dict(plan.num_deps)
+        self.group_ready: dict = defaultdict(list)
+        self.group_resolved: dict = defaultdict(int)
+        self.failed = self.finished = False
+        self.shown = -1  # rank of the main-chain node the caller's state shows
+
+    @property
+    def mirror(self) -> StreamExecutor:
+        return self.state.stream_executor
+
+
+class GraphExecutor:
+    """Runs a list of instances to completion (see the module docstring)."""
+
+    def __init__(self, backend: BaseBackend, stream: bool = False, max_active: int | None = None,
+                 max_workers: int = 256, progress=None):
+        self.backend = backend
+        self.stream = stream
+        self.max_active = max_active
+        self.max_workers = max_workers
+        self.progress = progress
+        self.batched_generate = type(backend).generate_many is not BaseBackend.generate_many
+        self._done: queue.Queue = queue.Queue()
+        self._inflight = 0
+        self._commits: dict = {}  # (plan, node) -> instances waiting on one shared commit
+        self._committed: dict = {}
+        self._ready: list = []
+        self._num_done = 0
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self, instances: list[Instance]) -> None:
+        self.instances = instances
+        self.plan_count = defaultdict(int)
+        for inst in instances:
+            self.plan_count[id(inst.plan)] += 1
+        waiting = list(range(len(instances)))[::-1]
+        limit = self.max_active or len(instances)
+
+        def can_start() -> bool:
+            return bool(waiting) and len(instances) - len(waiting) - self._num_done < limit
+
+        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="sglc-exec") as pool:
+            self.pool = pool
+            while True:
+                while can_start():
+                    self._start(waiting.pop())
+                jobs: list = []  # every model call that became ready this round, together
+                while self._ready:
+                    _, i, n = heapq.heappop(self._ready)
+                    if not instances[i].failed:
+                        self._step(i, instances[i], n, jobs)
+                for job in jobs:
+                    self._submit(*job)
+                if not self._inflight and not self._ready and not waiting:
+                    break
+                if self._ready or can_start():
+                    continue
+                self._handle(self._done.get())
+                while True:
+                    try:
+                        self._handle(self._done.get_nowait())
+                    except queue.Empty:
+                        break
+        for inst in instances:
+            if not inst.finished and not inst.failed:
+                self._fail(inst, AssertionError("the program graph stopped before its end "
+                                                "(a scheduling bug)"))
+
+    def _start(self, i: int) -> None:
+        inst = self.instances[i]
+        if self.stream:
+            for name in inst.plan.var_names:
+                inst.mirror.variable_event[name] = threading.Event()
+        for n in inst.plan.sources:
+            heapq.heappush(self._ready, (inst.plan.rank[n], i, n))
+
+    def _resolve(self, i: int, inst: Instance, n, value) -> None:
+        inst.values[n] = value
+        plan = inst.plan
+        if self.stream and n in plan.main and value is not DEAD:
+            self._show(inst, n, value)
+        if n == plan.ret:
+            return self._finish(inst)
+        for u in plan.users[n]:
+            inst.remaining[u] -= 1
+            if not inst.remaining[u]:
+                heapq.heappush(self._ready, (plan.rank[u], i, u))
+
+    def _handle(self, item) -> None:
+        self._inflight -= 1
+        i, nodes, values, err = item
+        inst = self.instances[i]
+        key = (id(inst.plan), nodes[0])
+        shared = self._commits.pop(key, None)  # a batch's shared commit: others wait on it
+        if shared is not None:
+            self._committed[key] = True
+        waiters = shared[1:] if shared else []
+        if not inst.failed:
+            if err is not None:
+                self._fail(inst, err, nodes[0])
+            else:
+                for n, v in zip(nodes, values):
+                    self._resolve(i, inst, n, v)
+        for j in waiters:  # the commit only warms the cache: they go on even if it failed
+            other = self.instances[j]
+            if not other.failed:
+                self._resolve(j, other, nodes[0], other.values[inst.plan.nodes[nodes[0]].args[0]])
+
+    # ---- one node -----------------------------------------------------------------------------
+    def _step(self, i: int, inst: Instance, n, jobs: list) -> None:
+        node = inst.plan.nodes[n]
+        args = [inst.values[a] for a in node.args]
+        if node.op is not Op.MERGE and any(v is DEAD for v in args):
+            if n in inst.plan.group_of:
+                self._group_member(i, inst, n, None, jobs)
+            return self._resolve(i, inst, n, DEAD)
+        try:
+            if node.op is Op.MERGE:
+                live = [v for v in args if v is not DEAD]
+                assert len(live) <= 1, f"merge %{n} got {len(live)} live operands (a gating bug)"
+                return self._resolve(i, inst, n, live[0] if live else DEAD)
+            if n in inst.plan.group_of:
+                return self._group_member(i, inst, n, args, jobs)
+            if node.op in (Op.GEN, Op.SELECT) or (node.op is Op.APPEND and
+                                                   self._append_calls_model(node, args)):
+                return jobs.append((i, [n]))
+            if node.op is Op.COMMIT:
+                return self._commit(i, inst, n, args[0], jobs)
+            value = self._eval(inst, n, node, args)
+        except Exception as e:  # noqa: BLE001 - the program's error, kept on its state
+            return self._fail(inst, e, n)
+        self._resolve(i, inst, n, value)
+
+    def _eval(self, inst: Instance, n, node, args):
+        """The value of a node that needs no model call."""
+        op, a = node.op, node.attrs
+        if op is Op.ARG:
+            return inst.arguments[a["name"]]
+        if op is Op.CONST:
+            return copy.deepcopy(a["value"])
+        if op is Op.BEGIN:
+            m = inst.mirror
+            return StreamExecutor(self.backend, m.arguments, m.default_params, m.chat_template,
+                                  num_api_spec_tokens=m.num_api_spec_tokens, use_thread=False)
+        if op is Op.BRANCH:
+            return args[0] if bool(args[1]) == a["arm"] else DEAD
+        if op is Op.GET:
+            return args[0].get_var(a["name"])
+        if op is Op.PY:
+            env = dict(inst.env[node.fn])
+            for k, v in enumerate(args[1:], 1):
+                env[f"_{k}"] = SnapshotState(v) if isinstance(v, StreamExecutor) else v
+            return eval(inst.plan.code[n], env)
+        if op is Op.FORK:
+            return args[0]
+        if op is Op.CHILD:
+            c = clone(args[0])
+            c.fork_start_text_pos = len(c.text_)
+            return c
+        if op is Op.RET:
+            return None
+        exe = clone(args[0])
+        if op is Op.JOIN:
+            self._join(exe, args[1:], a["mode"])
+        else:
+            exe._execute(self._expr(node, args))
+        return exe
+
+    def _expr(self, node, args):
+        op, a = node.op, node.attrs
+        if op is Op.TEXT:
+            return SglConstantText(a["value"])
+        if op is Op.APPEND:
+            value = args[1]
+            if "format" in a or "conversion" in a:
+                conv = {"r": repr, "s": str, "a": ascii}.get(a.get("conversion"))
+                value = format(conv(value) if conv else value, a.get("format", ""))
+            return as_expr(value)
+        return {Op.ROLE_BEGIN: lambda: SglRoleBegin(a["role"]),
+                Op.ROLE_END: lambda: SglRoleEnd(a["role"]),
+                Op.SCOPE_BEGIN: lambda: SglVarScopeBegin(a["name"]),
+                Op.SCOPE_END: lambda: SglVarScopeEnd(a["name"])}[op]()
+
+    def _append_calls_model(self, node, args) -> bool:
+        return "format" not in node.attrs and "conversion" not in node.attrs and \
+            _has_model_call(as_expr(args[1]))
+
+    @staticmethod
+    def _join(exe: StreamExecutor, children: list, mode: str) -> None:
+        if mode == "concate_and_append":
+            for child in children:
+                exe._execute(SglConstantText(child.text_[child.fork_start_text_pos:]))
+            return
+        before = set(exe.variables)
+        for child in children:
+            for k, v in child.variables.items():
+                if k not in before:
+                    exe.variables.setdefault(k, []).append(v)
+
+    # ---- model calls --------------------------------------------------------------------------
+    def _group_member(self, i: int, inst: Instance, n, args, jobs: list) -> None:
+        """Hold a fork's sibling gens until every one is ready (or dead), then submit them as
+        one request group."""
+        gid = inst.plan.group_of[n]
+        if args is not None:
+            inst.group_ready[gid].append(n)
+        inst.group_resolved[gid] += 1
+        if inst.group_resolved[gid] == len(inst.plan.groups[gid]) and inst.group_ready[gid]:
+            jobs.append((i, sorted(inst.group_ready[gid], key=inst.plan.rank.get)))
+
+    def _commit(self, i: int, inst: Instance, n, state, jobs: list) -> None:
+        """A fork's commit runs as eager forks do; a batch commit runs once per batch."""
+        if not inst.plan.nodes[n].attrs.get("batch"):
+            return jobs.append((i, [n]))
+        key = (id(inst.plan), n)
+        if self.plan_count[id(inst.plan)] < 2 or len(state.text_) < MIN_BATCH_PREFIX_CHARS \
+                or key in self._committed:
+            return self._resolve(i, inst, n, state)
+        if key not in self._commits:
+            self._commits[key] = []
+            jobs.append((i, [n]))
+        self._commits[key].append(i)
+
+    def _submit(self, i: int, nodes: list) -> None:
+        inst = self.instances[i]
+        plan = inst.plan
+        ins = [inst.values[plan.nodes[n].args[0]] for n in nodes]
+        if len(nodes) > 1 and plan.nodes[nodes[0]].op is Op.GEN and self.batched_generate:
+            return self._spawn(i, nodes, lambda: self._gen_many(plan, nodes, ins))
+        for n, exe in zip(nodes, ins):
+            args = [inst.values[a] for a in plan.nodes[n].args]
+            self._spawn(i, [n], lambda n=n, args=args: [self._call(inst, n, args)])
+
+    def _spawn(self, i: int, nodes: list, fn) -> None:
+        self._inflight += 1
+
+        def job():
+            try:
+                self._done.put((i, nodes, fn(), None))
+            except BaseException as e:  # noqa: BLE001 - delivered to the scheduler
+                self._done.put((i, nodes, None, e))
+        self.pool.submit(job)
+
+    def _call(self, inst: Instance, n, args):
+        """Run one model op on a pool thread; returns the node's value."""
+        node = inst.plan.nodes[n]
+        if node.op is Op.COMMIT:
+            if args[0].text_:
+                self.backend.cache_prefix(args[0].text_)
+            return args[0]
+        exe = clone(args[0])
+        if node.op is Op.SELECT:
+            temperature, method = inst.plan.selects[n]
+            choices = node.attrs.get("choices", args[1] if len(args) > 1 else None)
+            exe._execute(SglSelect(node.attrs.get("name"), choices, temperature, method))
+        elif node.op is Op.APPEND:
+            exe._execute(as_expr(args[1]))
+        else:
+            params = self._params(inst.plan, n, exe)
+            if self.stream and n in inst.plan.main:
+                return self._gen_stream(inst, n, exe, params)
+            text, meta = self.backend.generate(exe.text_, params)
+            exe._execute(SglConstantText(text))
+            exe._set(node.attrs.get("name"), text, meta)
+        return exe
+
+    def _params(self, plan: Plan, n, exe: StreamExecutor) -> SglSamplingParams:
+        params = exe.resolve_sampling_params(plan.params[n])
+        extra = plan.nodes[n].attrs.get("extra_stop")
+        return params.with_extra_stop(tuple(extra), ()) if extra else params
+
+    def _gen_many(self, plan: Plan, nodes: list, ins: list) -> list:
+        exes = [clone(x) for x in ins]
+        params = [self._params(plan, n, exe) for n, exe in zip(nodes, exes)]
+        outs = self.backend.generate_many([exe.text_ for exe in exes], params)
+        for n, exe, (text, meta) in zip(nodes, exes, outs):
+            exe._execute(SglConstantText(text))
+            exe._set(plan.nodes[n].attrs.get("name"), text, meta)
+        return exes
+
+    def _gen_stream(self, inst: Instance, n, exe: StreamExecutor, params) -> StreamExecutor:
+        name = inst.plan.nodes[n].attrs.get("name")
+        self._show(inst, None, exe)
+        pieces, meta, m = [], {}, inst.mirror
+        for piece, meta in self.backend.generate_stream(exe.text_, params):
+            pieces.append(piece)
+            with m.cond:
+                m.text_ += piece
+                if name is not None:
+                    m.variables[name] = m.variables.get(name, "") + piece \
+                        if isinstance(m.variables.get(name), str) else piece
+                m.cond.notify_all()
+        text = "".join(pieces)
+        exe._execute(SglConstantText(text))
+        exe._set(name, text, meta)
+        return exe
+
+    # ---- the caller's state -------------------------------------------------------------------
+    def _show(self, inst: Instance, n, exe: StreamExecutor) -> None:
+        """Make the caller's state show main-chain state `exe` (streaming)."""
+        rank = inst.plan.rank[n] if n is not None else inst.shown
+        if rank < inst.shown:
+            return
+        inst.shown = rank
+        m = inst.mirror
+        with m.cond:
+            m.text_, m.messages_ = exe.text_, list(exe.messages_)
+            m.variables, m.meta_info = dict(exe.variables), dict(exe.meta_info)
+            for name, ev in m.variable_event.items():
+                if name in exe.variables and n is not None:
+                    ev.set()
+            m.cond.notify_all()
+
+    def _finish(self, inst: Instance) -> None:
+        plan = inst.plan
+        ret = plan.nodes[plan.ret]
+        final = inst.values[ret.args[0]]
+        if final is DEAD:
+            return self._fail(inst, AssertionError("no path of the program graph reached ret"))
+        inst.state.ret_value = inst.values[ret.args[1]] if len(ret.args) > 1 else None
+        m = inst.mirror
+        with m.cond:
+            m.text_, m.messages_ = final.text_, list(final.messages_)
+            m.variables, m.meta_info = dict(final.variables), dict(final.meta_info)
+            m.cur_role = final.cur_role
+            for ev in m.variable_event.values():
+                ev.set()
+            inst.finished = m.is_finished = True
+            m.cond.notify_all()
+        self._num_done += 1
+        if self.progress is not None:
+            self.progress.update()
+
+    def _fail(self, inst: Instance, err: BaseException, n=None) -> None:
+        if n is not None and hasattr(err, "add_note"):
+            node = inst.plan.nodes[n]
+            err.add_note(f"while running %{n} = {node.op.value}"
+                         f"{f' from {node.loc}' if node.loc else ''}")
+        inst.failed = True
+        m = inst.mirror
+        m.fail(err)
+        with m.cond:
+            m.is_finished = True
+            m.cond.notify_all()
+        self._num_done += 1
+        if self.progress is not None:
+            self.progress.update()

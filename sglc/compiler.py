@@ -1,0 +1,296 @@
+"""`sgl.compile`: parse a program's source into the IR, optimize it with the pass pipeline, and
+run the graph with the dataflow executor behind the same `run` / `run_batch` / streaming /
+`ProgramState` API as an eagerly run `@sgl.function`."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+import threading
+import warnings
+
+from . import ir  # noqa: F401 - so `sgl.ir.parse` works after `import sglc`
+from .lang.function import SglFunction, _defaults
+from .lang.primitives import ProgramError
+
+logger = logging.getLogger(__name__)
+
+
+class CompiledProgram(SglFunction):
+    """A compiled program: `.run`, `.run_batch`, `.ir` (the optimized graph's text), `.graph`
+    (the networkx DAG), `.source_graph` (before the passes). A program the compiler cannot
+    handle runs eagerly (`.compile_error` says why; with `strict=True` that error is raised).
+
+    An argument that sets a loop's range or a fork's size is compiled in as a constant (the
+    graph is *specialized* on it, defaults first); calls with other values compile and cache
+    another graph."""
+
+    def __init__(self, program: SglFunction, strict: bool = False, passes=None,
+                 static: dict | None = None, print_ir_after_all: bool = False, backend=None):
+        super().__init__(program.func, program.num_api_spec_tokens, program.bind_arguments)
+        self.eager = program
+        self.strict = strict
+        self.pass_names = passes
+        self.print_ir_after_all = print_ir_after_all
+        self.static = dict(static or {})
+        self.compile_error = None
+        self.static_names: tuple[str, ...] = ()
+        self._graphs: dict = {}   # static values -> (source graph, graph, plan)
+        self._prepared: set = set()
+        self._lock = threading.Lock()
+        self._tokenizer = None
+        try:
+            self._specialize(self.static)
+        except Exception as e:
+            from .parser import CompileError, CompileWarning
+
+            if strict or not isinstance(e, CompileError):
+                raise
+            self.compile_error = e
+            warnings.warn(f"{e.location}: sglc cannot compile {self.__name__}: {e.message}; "
+                          "it runs eagerly", CompileWarning, stacklevel=3)
+        if backend is not None:
+            self.prepare(backend)
+
+    # ---- graphs -------------------------------------------------------------------------------
+    def _specialize(self, static_values: dict):
+        """(source graph, optimized graph, plan) for these values of the static arguments."""
+        from .backend.executor import Plan
+        from .parser import lower_program
+        from .passes import PassContext, PassManager, select_passes
+
+        static_values = {**self.static, **static_values}
+        with self._lock:
+            key = self._key(static_values)
+            if key in self._graphs:
+                return self._graphs[key]
+            source, used = lower_program(self.eager, static_values)
+            self.static_names = tuple(sorted(set(self.static_names) | set(used)))
+            key = self._key({**used, **static_values})
+            manager = PassManager(select_passes(self.pass_names),
+                                  print_after_all=self.print_ir_after_all)
+            graph = manager.run(source, PassContext(self._tokenizer))
+            entry = (source.canonical(), graph, Plan(graph, self.func))
+            self._graphs[key] = entry
+            self.pass_records = manager.records
+            return entry
+
+    def _key(self, values: dict) -> tuple:
+        params = inspect.signature(self.func).parameters
+        key = []
+        for n in self.static_names:
+            if n in values:
+                key.append(values[n])
+            elif n in self.bind_arguments:
+                key.append(self.bind_arguments[n])
+            else:
+                key.append(params[n].default)
+        try:
+            hash(tuple(key))
+        except TypeError:
+            raise ProgramError(f"{self.__name__}: the compiled graph is specialized on "
+                               f"{', '.join(self.static_names)}, so they must be hashable; got "
+                               f"{key!r}") from None
+        return tuple(key)
+
+    def _entry_for(self, arguments: dict):
+        if not self.static_names:
+            return self._specialize({})
+        values = {n: arguments.get(n) for n in self.static_names}
+        entry = self._specialize(values)
+        return entry
+
+    @property
+    def graph(self):
+        """The optimized graph (specialized on the static arguments' defaults)."""
+        return None if self.compile_error else self._specialize(self.static)[1]
+
+    @property
+    def source_graph(self):
+        """The graph as parsed, before the passes."""
+        return None if self.compile_error else self._specialize(self.static)[0]
+
+    @property
+    def ir(self) -> str | None:
+        """The optimized graph's canonical text."""
+        g = self.graph
+        return None if g is None else str(g)
+
+    def prepare(self, backend) -> None:
+        """Build the constraint FSMs of every compiled graph with the tokenizer of `backend`'s
+        in-process engine (once per backend), so no request pays for building one. (A remote
+        server builds and caches its own.)"""
+        tokenizer = _local_tokenizer(backend)
+        if tokenizer is None or id(backend) in self._prepared or self.compile_error:
+            return
+        self._prepared.add(id(backend))
+        self._tokenizer = tokenizer
+        from .passes import lower_constraints
+
+        try:
+            for _, graph, _ in list(self._graphs.values()):
+                lower_constraints.warm(graph, tokenizer)
+        except ImportError:
+            pass
+
+    # ---- running ------------------------------------------------------------------------------
+    def _arguments(self, args: tuple, kwargs: dict) -> dict:
+        sig = inspect.signature(self.func)
+        try:
+            bound = sig.bind(None, *args, **{**self.bind_arguments, **kwargs})
+        except TypeError as e:
+            raise ProgramError(f"{self.__name__}: {e}") from None
+        bound.apply_defaults()
+        out = dict(bound.arguments)
+        out.pop(next(iter(sig.parameters)))
+        return out
+
+    def _instance(self, backend, arguments: dict, defaults, stream: bool, envs=None):
+        from .backend.executor import Envs, Instance
+        from .lang.interpreter import StreamExecutor
+        from .lang.state import ProgramState
+
+        mirror = StreamExecutor(backend, arguments, defaults, stream=stream,
+                                num_api_spec_tokens=self.num_api_spec_tokens, use_thread=False)
+        state = ProgramState(mirror)
+        _, _, plan = self._entry_for(arguments)
+        return Instance(plan, arguments, state, envs if envs is not None else Envs(self.func))
+
+    def run(self, *args, max_new_tokens: int = 128, min_new_tokens: int | None = None,
+            stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None,
+            temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1,
+            min_p: float = 0.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+            repetition_penalty: float | None = None, ignore_eos: bool = False,
+            return_logprob: bool | None = None, logprob_start_len: int | None = None,
+            top_logprobs_num: int | None = None, return_text_in_logprobs: bool | None = None,
+            stream: bool = False, backend=None, **kwargs):
+        """Run the program once; returns its `ProgramState`. Raises the program's error."""
+        if self.compile_error is not None:
+            return self.eager.run(
+                *args, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, stop=stop,
+                stop_token_ids=stop_token_ids, temperature=temperature, top_p=top_p,
+                top_k=top_k, min_p=min_p, frequency_penalty=frequency_penalty,
+                presence_penalty=presence_penalty, repetition_penalty=repetition_penalty,
+                ignore_eos=ignore_eos, return_logprob=return_logprob,
+                logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num,
+                stream=stream, backend=backend, **kwargs)
+        from .backend.executor import GraphExecutor
+        from .lang.api import resolve_backend
+
+        backend = resolve_backend(backend)
+        self.prepare(backend)
+        defaults = _defaults(max_new_tokens, min_new_tokens, stop, stop_token_ids, temperature,
+                             top_p, top_k, min_p, frequency_penalty, presence_penalty,
+                             repetition_penalty, ignore_eos, return_logprob, logprob_start_len,
+                             top_logprobs_num)
+        inst = self._instance(backend, self._arguments(args, kwargs), defaults, stream)
+        executor = GraphExecutor(backend, stream=stream)
+        if stream:
+            thread = threading.Thread(target=executor.run, args=([inst],), daemon=True,
+                                      name="sglc-compiled-stream")
+            inst.mirror.program_thread = thread
+            thread.start()
+            return inst.state
+        executor.run([inst])
+        if inst.mirror.error_ is not None:
+            raise inst.mirror.error_
+        return inst.state
+
+    def run_batch(self, batch_kwargs, *, max_new_tokens: int = 128,
+                  min_new_tokens: int | None = None, stop: str | list[str] | None = None,
+                  stop_token_ids: list[int] | None = None, temperature: float = 1.0,
+                  top_p: float = 1.0, top_k: int = -1, min_p: float = 0.0,
+                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                  repetition_penalty: float | None = None, ignore_eos: bool = False,
+                  return_logprob: bool | None = None, logprob_start_len: int | None = None,
+                  top_logprobs_num: int | None = None,
+                  return_text_in_logprobs: bool | None = None, backend=None,
+                  num_threads: int | str = "auto", progress_bar: bool = False):
+        """Run the program once per argument dict (or tuple), all instances in one dataflow
+        schedule; returns the states in order. A failed program's error is on its state."""
+        sampling = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens,
+                    "stop": stop, "stop_token_ids": stop_token_ids, "temperature": temperature,
+                    "top_p": top_p, "top_k": top_k, "min_p": min_p,
+                    "frequency_penalty": frequency_penalty,
+                    "presence_penalty": presence_penalty,
+                    "repetition_penalty": repetition_penalty, "ignore_eos": ignore_eos,
+                    "return_logprob": return_logprob, "logprob_start_len": logprob_start_len,
+                    "top_logprobs_num": top_logprobs_num}
+        if self.compile_error is not None:
+            return self.eager.run_batch(batch_kwargs, backend=backend, num_threads=num_threads,
+                                        progress_bar=progress_bar, **sampling)
+        from .backend.executor import GraphExecutor
+        from .lang.api import resolve_backend
+
+        if not isinstance(batch_kwargs, (list, tuple)):
+            raise ProgramError("run_batch takes a list of argument dicts")
+        if not batch_kwargs:
+            return []
+        backend = resolve_backend(backend)
+        self.prepare(backend)
+        defaults = _defaults(*sampling.values())
+        from .backend.executor import Envs
+
+        instances, states, envs = [], [], Envs(self.func)
+        for item in batch_kwargs:
+            try:
+                inst = self._instance(backend, self._arguments((), self._as_kwargs(item)),
+                                      defaults, False, envs)
+            except Exception as e:  # noqa: BLE001 - e.g. a bad argument: kept on its state
+                states.append(self._failed_state(backend, defaults, e))
+                continue
+            instances.append(inst)
+            states.append(inst.state)
+        pbar = None
+        if progress_bar:
+            import tqdm
+
+            pbar = tqdm.tqdm(total=len(instances))
+        max_active = None if num_threads == "auto" else max(1, int(num_threads))
+        GraphExecutor(backend, max_active=max_active, progress=pbar).run(instances)
+        if pbar is not None:
+            pbar.close()
+        return states
+
+    def _failed_state(self, backend, defaults, err: BaseException):
+        from .lang.interpreter import StreamExecutor
+        from .lang.state import ProgramState
+
+        exe = StreamExecutor(backend, {}, defaults, use_thread=False)
+        exe.fail(err)
+        exe.is_finished = True
+        return ProgramState(exe)
+
+    def bind(self, **kwargs) -> CompiledProgram:
+        return CompiledProgram(self.eager.bind(**kwargs), self.strict, self.pass_names,
+                               self.static, self.print_ir_after_all)
+
+    def __repr__(self) -> str:
+        return f"CompiledProgram({self.__name__})"
+
+
+def _local_tokenizer(backend):
+    """The tokenizer of the engine `backend` runs in this process, or None."""
+    engine_module = sys.modules.get("sglc_runtime.engine")  # loaded if there is such an engine
+    engine = getattr(backend, "engine", None)
+    if engine_module is None or not isinstance(engine, engine_module.Engine):
+        return None
+    return engine.tokenizer
+
+
+def compile(fn=None, *, strict: bool = False, passes: list[str] | None = None,
+            static: dict | None = None, backend=None, print_ir_after_all: bool = False):
+    """`@sgl.compile`, `@sgl.compile(strict=True)` or `sgl.compile(fn)`: compile a program (a
+    plain function or an `@sgl.function`) ahead of time. `passes` names the passes to run
+    (default: the whole pipeline); `static` fixes compile-time arguments; `backend` builds the
+    constraint FSMs with its tokenizer now."""
+    options = {"strict": strict, "passes": passes, "static": static, "backend": backend,
+               "print_ir_after_all": print_ir_after_all}
+    if fn is None:
+        return lambda f: compile(f, **options)
+    if isinstance(fn, CompiledProgram):
+        fn = fn.eager
+    if not isinstance(fn, SglFunction):
+        fn = SglFunction(fn)
+    return CompiledProgram(fn, **options)

@@ -1,0 +1,163 @@
+"""Control flow → gating: loops over static ranges (and over fork branches) are unrolled; `if`
+on a run-time value reads states through branch nodes and meets again in merges; `break`,
+`continue` and `return` end a path, whose snapshot joins the others where the paths meet (the
+end of the iteration, the loop, the function). `with s.user()/var_scope()/copy()` open and
+close what they name."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+from ..ir.ops import Op
+from .builder import Const, GroupRef, StateRef
+
+MAX_UNROLL = 1024
+
+
+@dataclass
+class Loop:
+    with_depth: int
+    breaks: list = field(default_factory=list)
+    continues: list = field(default_factory=list)
+
+
+class ControlMixin:
+    """Statement handlers for control flow; mixed into `Lowerer`."""
+
+    def stmt_If(self, st: ast.If) -> None:
+        ok, test = self.fold(st.test)
+        if ok:
+            return self.block(st.body if test else st.orelse)
+        binding = self.value(st.test)
+        if isinstance(binding, (StateRef, GroupRef)):  # objects: always true
+            return self.block(st.body)
+        b, frame = self.b, self.frame
+        cond = b.gate(self.node_of(binding, st.test), b.guard)
+        entry = b.snapshot(frame.locals)
+        arms = []
+        for arm, body in ((True, st.body), (False, st.orelse)):
+            b.restore(entry, frame.locals)
+            b.guard = entry.guard + ((cond, arm),)
+            self.block(body)
+            arms.append(b.snapshot(frame.locals))
+        self.continue_from(b.merge(arms))
+
+    def continue_from(self, snap) -> None:
+        if snap is None:
+            self.b.dead = True
+        else:
+            self.b.restore(snap, self.frame.locals)
+
+    def stmt_For(self, st: ast.For) -> None:
+        if st.orelse:
+            raise self.error(st, "for ... else is not supported")
+        items = self.loop_items(st.iter)
+        loop = Loop(self.frame.with_depth)
+        self.frame.loops.append(loop)
+        try:
+            for item in items:
+                self.cur = st
+                self.assign(st.target, item)
+                self.block(st.body)
+                self.continue_from(self.b.merge(loop.continues + [self.b.snapshot(
+                    self.frame.locals)]))
+                loop.continues = []
+                if self.b.dead:
+                    break
+        finally:
+            self.frame.loops.pop()
+        self.continue_from(self.b.merge(loop.breaks + [self.b.snapshot(self.frame.locals)]))
+
+    def loop_items(self, it: ast.expr) -> list:
+        group = self.group_expr(it)
+        if group is not None:
+            return [StateRef(k) for k in group.keys]
+        if isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and \
+                it.func.id == "enumerate" and it.args and not it.keywords:
+            group = self.group_expr(it.args[0])
+            if group is not None:
+                start = 0
+                if len(it.args) > 1:
+                    ok, start = self.fold(it.args[1], static=True)
+                    if not ok or not isinstance(start, int):
+                        raise self.error(it.args[1], "enumerate's start must be a constant")
+                return [(Const(start + i), StateRef(k)) for i, k in enumerate(group.keys)]
+        ok, values = self.fold(it, static=True)
+        if not ok:
+            raise self.error(it, "the compiler unrolls loops, so it must know what this loop "
+                                 "iterates over at compile time (a range over constants or "
+                                 "arguments, a constant list, or fork branches)")
+        try:
+            values = list(values)
+        except TypeError:
+            raise self.error(it, f"cannot iterate over {values!r}") from None
+        if len(values) > MAX_UNROLL:
+            raise self.error(it, f"the loop has {len(values)} iterations; the compiler unrolls "
+                                 f"at most {MAX_UNROLL}")
+        return [Const(v) for v in values]
+
+    def _exit(self, st, kind: str) -> None:
+        frame = self.frame
+        if not frame.loops:
+            raise self.error(st, f"`{kind}` outside a loop")
+        loop = frame.loops[-1]
+        if frame.with_depth != loop.with_depth:
+            raise self.error(st, f"`{kind}` inside a `with` block is not supported")
+        (loop.breaks if kind == "break" else loop.continues).append(
+            self.b.snapshot(frame.locals))
+        self.b.dead = True
+
+    def stmt_Break(self, st: ast.Break) -> None:
+        self._exit(st, "break")
+
+    def stmt_Continue(self, st: ast.Continue) -> None:
+        self._exit(st, "continue")
+
+    def stmt_Return(self, st: ast.Return) -> None:
+        frame = self.frame
+        if frame.with_depth:
+            raise self.error(st, "`return` inside a `with` block is not supported")
+        value = Const(None) if st.value is None else self.value(st.value)
+        frame.returns.append(self.b.snapshot(frame.locals, value))
+        self.b.dead = True
+
+    def stmt_With(self, st: ast.With) -> None:
+        closers = []
+        for item in st.items:
+            closers.append(self.enter(item))
+        self.frame.with_depth += 1
+        try:
+            self.block(st.body)
+        finally:
+            self.frame.with_depth -= 1
+        for close in reversed(closers):
+            if not self.b.dead:
+                close()
+
+    def enter(self, item: ast.withitem):
+        """Open a `with` item; returns what closes it."""
+        e = item.context_expr
+        if not (isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute)):
+            raise self.error(e, "the compiler supports `with s.user()/system()/assistant()/"
+                                "var_scope(name)/copy()` only")
+        key, name = self.state_of(e.func.value), e.func.attr
+        if key is None:
+            raise self.error(e, "`with` on something other than a program state")
+        if name in ("user", "system", "assistant") and not e.args and item.optional_vars is None:
+            self.append(key, [("role_begin", name)])
+            return lambda: self.append(key, [("role_end", name)])
+        if name == "var_scope" and len(e.args) == 1 and item.optional_vars is None:
+            ok, var = self.fold(e.args[0])
+            if not ok or not isinstance(var, str):
+                raise self.error(e.args[0], "var_scope needs a name known at compile time")
+            self.append(key, [("scope_begin", var)])
+            return lambda: self.append(key, [("scope_end", var)])
+        if name == "copy" and not e.args:
+            group = self.fork(key, ast.Call(func=e.func, args=[], keywords=[]))
+            if item.optional_vars is not None:
+                self.assign(item.optional_vars, StateRef(group.keys[0]))
+            return lambda: self.b.state_op(key, Op.JOIN, self.b.state(group.keys[0]),
+                                           mode="gather_variable")
+        raise self.error(e, f"`with s.{name}(...)` is not supported by the compiler")
+
