@@ -56,6 +56,10 @@ class GreedyRuntime(sgl.Runtime):
             params = dataclasses.replace(params, temperature=0.0)
         return super().generate(prompt, params, **kwargs)
 
+    def generate_many(self, prompts, params):
+        return super().generate_many(
+            prompts, [dataclasses.replace(p, temperature=0.0) for p in params])
+
 
 class RequestLog:
     """Wraps `engine.generate` to add up the prompt and cached tokens of every request."""

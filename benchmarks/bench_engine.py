@@ -34,8 +34,9 @@ def make_workload(tok, args):
 
 
 # ---- sglc -------------------------------------------------------------------------------------
-def bench_sglc(args, prefill, short, shared, disable_radix_cache):
-    eng = Engine(dtype=args.dtype, disable_radix_cache=disable_radix_cache)
+def bench_sglc(args, prefill, short, shared, disable_radix_cache, quantization=None):
+    eng = Engine(dtype=args.dtype, disable_radix_cache=disable_radix_cache,
+                 quantization=quantization)
     greedy = {"temperature": 0, "ignore_eos": True}
     eng.generate(input_ids=prefill[:32], sampling_params={**greedy, "max_new_tokens": 4})
     res = {}
@@ -126,7 +127,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the script")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--skip", default="", help="comma list of: hf,llama_cpp,no_radix")
+    ap.add_argument("--skip", default="", help="comma list of: hf,llama_cpp,no_radix,int4")
     args = ap.parse_args()
     args.prefill_len, args.batch, args.decode_len = (512, 64, 64) if not args.quick else (64, 4, 8)
     args.prefix_len, args.num_shared, args.shared_new = (550, 48, 4) if not args.quick else \
@@ -137,6 +138,8 @@ def main():
     eng_tok.shutdown()
     prefill, short, shared = make_workload(tok, args)
     systems = {"sglc": bench_sglc(args, prefill, short, shared, False)}
+    if "int4" not in skip:
+        systems["sglc int4-decode"] = bench_sglc(args, prefill, short, shared, False, "int4")
     if "no_radix" not in skip:
         systems["sglc (no radix cache)"] = bench_sglc(args, prefill, short, shared, True)
     if "hf" not in skip:
@@ -155,6 +158,9 @@ def main():
                 ours[f"decode_b{args.batch}_tok_s"] / lc["decode_b1_tok_s"],
             "shared_prefix_vs_llama_cpp": ours["shared_prefix_req_s"] / lc["shared_prefix_req_s"],
         }
+    if "llama.cpp" in systems and "sglc int4-decode" in systems:
+        ratios["int4_decode_b1_vs_llama_cpp"] = (systems["sglc int4-decode"]["decode_b1_tok_s"]
+                                                 / systems["llama.cpp"]["decode_b1_tok_s"])
     if "HF transformers" in systems:
         hf = systems["HF transformers"]
         ratios.update({f"{k}_vs_hf": ours[k] / hf[k] for k in ours if k in hf and hf[k]})

@@ -79,8 +79,9 @@ class EngineConfig:
     num_threads: int | None = None
     check_invariants: bool = False  # verify KV accounting after every step (tests)
     # "int4": batches of <= 8 rows read int4 copies of the weights (CPU decode is bound by
-    # memory traffic); "none": exact float weights only. "auto": int4 on CPU when dtype is auto.
-    quantization: str | None = "auto"
+    # memory traffic; ~2x faster at batch 1, but results then depend on batch size).
+    # None: exact float weights only (the default: temperature-0 text is batch-invariant).
+    quantization: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,16 +94,15 @@ class EngineConfig:
             raise InvalidRequestError("chunked_prefill_size must be positive")
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        auto_dtype = self.dtype in (None, "auto")
         self.dtype = parse_dtype(self.dtype)
-        if self.quantization == "auto":
-            from .model.int4 import int4_available
-
-            self.quantization = "int4" if (auto_dtype and self.device == "cpu" and
-                                           self.dtype == torch.float32 and int4_available()) \
-                else None
         if self.quantization in ("none", ""):
             self.quantization = None
         if self.quantization not in (None, "int4"):
-            raise InvalidRequestError(f"quantization must be auto, none or int4, got "
+            raise InvalidRequestError(f"quantization must be none or int4, got "
                                       f"{self.quantization!r}")
+        if self.quantization == "int4":
+            from .model.int4 import int4_available
+
+            if self.device != "cpu" or not int4_available():
+                raise InvalidRequestError("quantization='int4' needs the CPU and a torch with "
+                                          "_weight_int4pack_mm_for_cpu")

@@ -22,6 +22,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule-policy", default="lpm", choices=["lpm", "fcfs"])
     g.add_argument("--disable-radix-cache", action="store_true")
     g.add_argument("--disable-regex-jump-forward", action="store_true")
+    g.add_argument("--quantization", default=None, choices=["none", "int4"],
+                   help="int4: small-batch decode reads int4 weights (CPU, faster batch-1)")
     g.add_argument("--log-level", default="warning")
 
 
@@ -32,7 +34,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 chunked_prefill_size=args.chunked_prefill_size,
                 schedule_policy=args.schedule_policy,
                 disable_radix_cache=args.disable_radix_cache,
-                disable_regex_jump_forward=args.disable_regex_jump_forward)
+                disable_regex_jump_forward=args.disable_regex_jump_forward,
+                quantization=args.quantization)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -33,6 +33,10 @@ class GreedyRuntime(sgl.Runtime):
     def generate_stream(self, prompt, params):
         return super().generate_stream(prompt, dataclasses.replace(params, temperature=0.0))
 
+    def generate_many(self, prompts, params):
+        return super().generate_many(
+            prompts, [dataclasses.replace(p, temperature=0.0) for p in params])
+
 
 @pytest.fixture(scope="module")
 def greedy(engine):

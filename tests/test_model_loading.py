@@ -40,15 +40,15 @@ def test_hf_folder_loads_and_matches_gguf(engine, hf_model, tmp_path):
     assert [o["output_ids"] for o in got] == [o["output_ids"] for o in ref]
 
 
-def test_bfloat16_and_auto_dtypes_generate_sensible_text():
-    for dtype in ("bfloat16", "auto"):
-        eng = Engine(dtype=dtype)
-        try:
-            r = eng.generate("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
-                             "<|im_start|>assistant\n", {"temperature": 0, "max_new_tokens": 16})
-            assert "Paris" in r["text"], (dtype, r["text"])
-        finally:
-            eng.shutdown()
+@pytest.mark.parametrize("kwargs", [{"dtype": "bfloat16"}, {"quantization": "int4"}])
+def test_bfloat16_and_int4_generate_sensible_text(kwargs):
+    eng = Engine(**kwargs)
+    try:
+        r = eng.generate("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+                         "<|im_start|>assistant\n", {"temperature": 0, "max_new_tokens": 16})
+        assert "Paris" in r["text"], (kwargs, r["text"])
+    finally:
+        eng.shutdown()
 
 
 def test_bad_model_paths(tmp_path):
