@@ -138,7 +138,18 @@ def main() -> None:
     name = "lang_quick" if args.quick else "lang"
     workload = {k: getattr(args, k) for k in ("num_programs", "num_shots", "branches",
                                               "max_new_tokens")}
-    save(name, {"workload": workload, "dtype": args.dtype, "systems": results})
+    ratios = {}
+    ours = results.get("sglc", {})
+    for other, res in results.items():
+        if other == "sglc":
+            continue
+        for w, r in res.items():
+            if w in ours:
+                ratios[f"{w}: sglc vs {other}"] = ours[w]["programs_per_s"] / r["programs_per_s"]
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}x")
+    save(name, {"workload": workload, "dtype": args.dtype, "systems": results,
+                "ratios": ratios})
     groups = {f"{w} (programs/s)": {s: r[w]["programs_per_s"] for s, r in results.items()}
               for w in programs}
     bar_plot(RESULTS / f"{name}.png", "run_batch throughput", groups, "programs / s")

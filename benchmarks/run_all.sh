@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every benchmark at full size, one after another on a quiet machine (results/ holds the output).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python benchmarks/bench_engine.py
+python benchmarks/bench_constrained.py
+python benchmarks/bench_fsm.py --repeats 5
+python benchmarks/bench_lang.py --num-programs 32
+python benchmarks/bench_compiler.py
