@@ -23,19 +23,27 @@ def paged_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 
 def _decode(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
-    idx = fb.padded_kv_indices  # (B, L)
-    keys = kbuf[idx].transpose(1, 2)  # (B, n_kv, L, hd)
+    """One query per request (q: (b, n_q, hd)) over 0-padded, masked key lists."""
+    idx = fb.padded_kv_indices  # (b, L)
+    keys = kbuf[idx].transpose(1, 2)  # (b, n_kv, L, hd)
     vals = vbuf[idx].transpose(1, 2)
     out = F.scaled_dot_product_attention(
         q.unsqueeze(2), keys, vals, attn_mask=fb.kv_mask, scale=scale,
-        enable_gqa=True)  # (B, n_q, 1, hd)
+        enable_gqa=True)  # (b, n_q, 1, hd)
     return out.squeeze(2)
 
 
 def _extend(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
-    outs = []
+    """Causal attention per extending request; one-token requests of a mixed batch go
+    through the padded decode call together."""
+    out = torch.empty_like(q)
+    if fb.padded_rows is not None:
+        out[fb.padded_rows] = _decode(q[fb.padded_rows], kbuf, vbuf, fb, scale)
     start = 0
-    for prefix, ext, idx in zip(fb.prefix_lens, fb.extend_lens, fb.kv_indices):
+    for i, (prefix, ext, idx) in enumerate(zip(fb.prefix_lens, fb.extend_lens, fb.kv_indices)):
+        if fb.in_padded is not None and fb.in_padded[i]:
+            start += ext
+            continue
         qi = q[start:start + ext].transpose(0, 1).unsqueeze(0)  # (1, n_q, ext, hd)
         keys = kbuf[idx].transpose(0, 1).unsqueeze(0)  # (1, n_kv, prefix+ext, hd)
         vals = vbuf[idx].transpose(0, 1).unsqueeze(0)
@@ -47,6 +55,6 @@ def _extend(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
             mask = torch.ones(ext, prefix + ext, dtype=torch.bool, device=q.device).tril(prefix)
             o = F.scaled_dot_product_attention(qi, keys, vals, attn_mask=mask, scale=scale,
                                                enable_gqa=True)
-        outs.append(o.squeeze(0).transpose(0, 1))  # (ext, n_q, hd)
+        out[start:start + ext] = o.squeeze(0).transpose(0, 1)  # (ext, n_q, hd)
         start += ext
-    return torch.cat(outs, dim=0)
+    return out

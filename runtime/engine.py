@@ -4,14 +4,17 @@ any number of callers submit requests and wait for, stream, or await their resul
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
 from typing import Any, Iterator
 
+import torch
+
 from .config import EngineConfig
 from .engine_core import EngineCore
-from .errors import EngineClosedError, InvalidRequestError, SglcError
+from .errors import EngineClosedError, InvalidRequestError, RequestAbortedError, SglcError
 from .outputs import make_result
 from .request import Req, ReqStatus
 from .sampling_params import SamplingParams
@@ -28,10 +31,11 @@ class _Waiter:
         self.sent = 0
 
     def __call__(self, req: Req) -> None:
+        # runs on the engine thread between steps: the text snapshot is consistent
         if req.finished:
-            self.q.put(("done", req))
-        elif self.stream and len(req.text) > self.sent:
-            self.q.put(("chunk", req))
+            self.q.put(("done", req.text, req))
+        elif self.stream:
+            self.q.put(("chunk", req.text, req))
 
 
 class Engine:
@@ -42,19 +46,41 @@ class Engine:
         if log_level:
             logging.getLogger("sglc_runtime").setLevel(log_level.upper())
         self.config = EngineConfig(model_path=model_path, **kwargs)
-        self.core = EngineCore(self.config)
-        self.tokenizer = self.core.tokenizer
+        self._ready = threading.Event()
+        self._init_error: BaseException | None = None
         self._inbox: queue.Queue = queue.Queue()
         self._wake = threading.Event()
         self._closed = False
         self._live: dict[int, Req] = {}
         self._flushes: queue.Queue = queue.Queue()  # (event, result list) from flush_cache()
-        self._thread = threading.Thread(target=self._loop, name="sglc-engine", daemon=True)
+        self._aborts: queue.Queue = queue.Queue()  # requests their callers abandoned
+        self._submit_lock = threading.Lock()  # orders submissions against shutdown's drain
+        self._thread = threading.Thread(target=self._run, name="sglc-engine", daemon=True)
         self._thread.start()
+        self._ready.wait()
+        if self._init_error is not None:
+            raise self._init_error
+        self.tokenizer = self.core.tokenizer
+
+    def _run(self) -> None:
+        """The engine thread builds the model and runs every step itself: the CPU kernels'
+        thread teams (OpenMP) run measurably faster from the thread that set them up."""
+        try:
+            self.core = EngineCore(self.config)
+        except BaseException as e:  # surfaced to the constructor's caller
+            self._init_error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop()
 
     # ---- engine thread -----------------------------------------------------------------------
     def _loop(self) -> None:
         core = self.core
+        if self.config.device == "cpu":
+            # flush-to-zero is per thread (MXCSR): denormals in this thread's matmuls would
+            # otherwise run ~2x slower end to end
+            torch.set_flush_denormal(True)
         while not self._closed:
             while True:
                 try:
@@ -63,6 +89,13 @@ class Engine:
                     break
                 self._live[req.rid] = req
                 core.add_request(req)
+            aborted = []
+            while not self._aborts.empty():
+                r = self._aborts.get_nowait()
+                if r.rid in self._live and not r.finished:
+                    core.fail(r, RequestAbortedError(f"request {r.rid} was aborted"))
+                    aborted.append(r)
+            self._notify(aborted)
             while not self._flushes.empty():
                 done, result = self._flushes.get_nowait()
                 idle = not core.scheduler.has_work()
@@ -83,21 +116,30 @@ class Engine:
                 updated = list(self._live.values())
                 for r in updated:
                     core.fail(r, e)
-            for r in updated:
-                if r.on_update is not None:
+            self._notify(updated)
+        self._fail_all_on_shutdown()
+
+    def _notify(self, updated: list[Req]) -> None:
+        for r in updated:
+            if r.on_update is not None:
+                try:  # a caller's callback must never take the engine down
                     r.on_update(r)
-                if r.finished:
-                    self._live.pop(r.rid, None)
+                except Exception:
+                    logger.exception("update callback of request %d failed", r.rid)
+            if r.finished:
+                self._live.pop(r.rid, None)
+
+    def _fail_all_on_shutdown(self) -> None:
         err = EngineClosedError("the engine was shut down")
-        while not self._inbox.empty():
-            req = self._inbox.get_nowait()
-            self._live[req.rid] = req
+        with self._submit_lock:  # after this, _submit sees _closed and raises
+            while not self._inbox.empty():
+                req = self._inbox.get_nowait()
+                self._live[req.rid] = req
         for r in list(self._live.values()):
             r.error = err
             r.finish_reason = {"type": "abort", "message": str(err)}
             r.status = ReqStatus.FINISHED
-            if r.on_update is not None:
-                r.on_update(r)
+        self._notify(list(self._live.values()))
 
     # ---- submission --------------------------------------------------------------------------
     def _make_reqs(self, prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
@@ -122,8 +164,10 @@ class Engine:
         reqs = []
         for ids, sp, start in zip(ids_list, sps, lsl):
             params = SamplingParams.from_dict(sp)
-            for _ in range(params.n):
-                reqs.append(self._make_req(list(ids), params, return_logprob, start,
+            for i in range(params.n):
+                p_i = params if params.seed is None or i == 0 else \
+                    dataclasses.replace(params, seed=params.seed + 7919 * i)  # distinct samples
+                reqs.append(self._make_req(list(ids), p_i, return_logprob, start,
                                            top_logprobs_num))
         return reqs, single and reqs[0].params.n == 1
 
@@ -168,8 +212,11 @@ class Engine:
         return build_constraint(self.tokenizer, **params.constraint)
 
     def _submit(self, reqs: list[Req]) -> None:
-        for r in reqs:
-            self._inbox.put(r)
+        with self._submit_lock:
+            if self._closed:
+                raise EngineClosedError("the engine was shut down")
+            for r in reqs:
+                self._inbox.put(r)
         self._wake.set()
 
     @staticmethod
@@ -201,7 +248,8 @@ class Engine:
         self._submit(reqs)
         results = []
         for r, w in zip(reqs, waiters):
-            w.q.get()
+            while w.q.get()[0] != "done":
+                pass
             results.append(r)
         out = [self._check(r) for r in results]
         return out[0] if single else out
@@ -210,18 +258,21 @@ class Engine:
         w = _Waiter(stream=True)
         req.on_update = w
         self._submit([req])
-        while True:
-            kind, r = w.q.get()
-            text = r.text
-            piece = text[w.sent:]
-            w.sent = len(text)
-            if kind == "done":
-                result = self._check(r)
-                result["text"] = piece
-                yield result
-                return
-            if piece:
-                yield {"text": piece, "meta_info": {"id": str(r.rid)}}
+        try:
+            while True:
+                kind, text, r = w.q.get()
+                piece = text[w.sent:]
+                w.sent = max(w.sent, len(text))
+                if kind == "done":
+                    result = self._check(r)
+                    result["text"] = piece
+                    yield result
+                    return
+                if piece:
+                    yield {"text": piece, "meta_info": {"id": str(r.rid)}}
+        finally:
+            if not req.finished:
+                self.abort(req)  # the caller closed the stream early
 
     async def async_generate(self, prompt=None, sampling_params=None, input_ids=None,
                              return_logprob: bool = False, logprob_start_len=None,
@@ -235,7 +286,7 @@ class Engine:
         for r in reqs:
             q: asyncio.Queue = asyncio.Queue()
             r.on_update = (lambda req, q=q: loop.call_soon_threadsafe(
-                q.put_nowait, ("done" if req.finished else "chunk", req)))
+                q.put_nowait, ("done" if req.finished else "chunk", req.text, req)))
             queues.append(q)
         if stream:
             if len(reqs) != 1:
@@ -244,28 +295,41 @@ class Engine:
             return self._async_stream(queues[0])
         self._submit(reqs)
         results = []
-        for q in queues:
-            while True:
-                kind, r = await q.get()
-                if kind == "done":
-                    break
-            results.append(self._check(r))
+        try:
+            for q in queues:
+                while True:
+                    kind, _, r = await q.get()
+                    if kind == "done":
+                        break
+                results.append(self._check(r))
+        except asyncio.CancelledError:
+            for r in reqs:
+                self.abort(r)
+            raise
         return results[0] if single else results
 
     async def _async_stream(self, q: asyncio.Queue):
-        sent = 0
-        while True:
-            kind, r = await q.get()
-            if kind == "chunk" and not r.finished:
-                piece = r.text[sent:]
-                if piece:
-                    sent = len(r.text)
-                    yield {"text": piece, "meta_info": {"id": str(r.rid)}}
-                continue
-            result = self._check(r)
-            result["text"] = r.text[sent:]
-            yield result
-            return
+        sent, req = 0, None
+        try:
+            while True:
+                kind, text, req = await q.get()
+                if kind == "chunk":
+                    if len(text) > sent:
+                        yield {"text": text[sent:], "meta_info": {"id": str(req.rid)}}
+                        sent = len(text)
+                    continue
+                result = self._check(req)
+                result["text"] = text[sent:]
+                yield result
+                return
+        finally:
+            if req is not None and not req.finished:
+                self.abort(req)  # cancelled, or the consumer stopped iterating
+
+    def abort(self, req: Req) -> None:
+        """Stop a request the caller no longer waits for; its resources are freed."""
+        self._aborts.put(req)
+        self._wake.set()
 
     def flush_cache(self) -> bool:
         """Drop the radix cache's contents; only done when no request is in flight (returns
@@ -278,7 +342,8 @@ class Engine:
 
     def shutdown(self) -> None:
         """Stop the engine thread; waiting callers get EngineClosedError."""
-        self._closed = True
+        with self._submit_lock:
+            self._closed = True
         self._wake.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=30)

@@ -63,7 +63,7 @@ class EngineCore:
     def fail(self, req: Req, err: BaseException) -> None:
         req.error = err
         req.finish_reason = {"type": "abort", "message": str(err)}
-        if req.status is ReqStatus.RUNNING:
+        if req.row is not None:
             self.scheduler.release(req, finished=True)
         elif req in self.scheduler.waiting:
             self.scheduler.waiting.remove(req)
@@ -120,16 +120,22 @@ class EngineCore:
             need_lp = any(r.return_logprob for r in reqs_k)
             ids, lps = sample(logits[keep], reqs_k, self.eos_ids, need_lp)
             for i, (r, t) in enumerate(zip(reqs_k, ids)):
-                append_token(r, t, None if lps is None else lps[i], self.tokenizer, self.eos_ids)
-                if r.constraint is not None and not r.finished and \
-                        not self.cfg.disable_regex_jump_forward:
-                    jump_forward(r, self.tokenizer, self.scheduler)
+                try:  # a failure here is this request's alone
+                    append_token(r, t, None if lps is None else lps[i], self.tokenizer,
+                                 self.eos_ids)
+                    if r.constraint is not None and not r.finished and \
+                            not self.cfg.disable_regex_jump_forward:
+                        jump_forward(r, self.tokenizer, self.scheduler)
+                except Exception as e:
+                    logger.exception("request %d failed after sampling", r.rid)
+                    self.fail(r, e)
+                    continue
                 if not r.finished and r.seq_len >= self.runner.context_length:
                     r.finish_reason = {"type": "length", "length": len(r.output_ids),
                                        "context_length": self.runner.context_length}
                     r.status = ReqStatus.FINISHED
         for r in reqs:
-            if r.finished:
+            if r.finished and r.row is not None:
                 self.scheduler.release(r, finished=True)
 
     def _stats(self, batch: ScheduledBatch) -> None:

@@ -19,3 +19,7 @@ class ConstraintError(InvalidRequestError):
 
 class EngineClosedError(SglcError):
     """The engine was shut down while a request was waiting on it."""
+
+
+class RequestAbortedError(SglcError):
+    """The caller abandoned the request (cancelled, disconnected, closed its stream)."""

@@ -11,7 +11,8 @@ import torch
 class ForwardBatch:
     """One model step over several requests, laid out flat (T = total new tokens).
 
-    extend: each request i adds `extend_lens[i]` tokens after `prefix_lens[i]` cached ones.
+    extend: each request i adds `extend_lens[i]` tokens after `prefix_lens[i]` cached ones
+    (running requests that decode one token may ride along: a mixed batch).
     decode: every request adds exactly one token (extend_lens are all 1).
     `kv_indices[i]` lists the KV slots of request i's whole sequence (prefix + new tokens).
     """
@@ -23,8 +24,12 @@ class ForwardBatch:
     prefix_lens: list[int]
     extend_lens: list[int]
     kv_indices: list[torch.Tensor]  # per request: (prefix + extend,)
-    padded_kv_indices: torch.Tensor | None = None  # decode: (B, max_len), 0-padded
-    kv_mask: torch.Tensor | None = None  # decode: (B, 1, 1, max_len) True where valid
+    # requests adding one token (all of a decode batch; in a mixed extend batch, the running
+    # requests decoding alongside the extends) attend through one padded batched call:
+    padded_kv_indices: torch.Tensor | None = None  # (b, max_len) their slots, 0-padded
+    kv_mask: torch.Tensor | None = None  # (b, 1, 1, max_len) True where valid
+    padded_rows: torch.Tensor | None = None  # extend batch: their flat rows (None: all rows)
+    in_padded: list[bool] | None = None  # extend batch: per request, attended in the padded call
 
     @property
     def batch_size(self) -> int:

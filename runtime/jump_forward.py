@@ -3,7 +3,7 @@ forced string at once, re-tokenize the output, and recompute only the K/V that c
 
 from __future__ import annotations
 
-from .outputs import finish
+from .outputs import check_stop_strings, finish
 from .request import Req
 from .scheduler import Scheduler
 from .tokenizer import IncrementalDecoder, Tokenizer
@@ -49,9 +49,17 @@ def jump_forward(req: Req, tok: Tokenizer, scheduler: Scheduler) -> bool:
         req.token_counts.zero_()
         for t in new:
             req.token_counts[t] += 1
+    prev = len(req.text)
     req.decoder = IncrementalDecoder(tok, req.params.skip_special_tokens)
     req.decoder.step(new)
     req.text = req.decoder.text
+    if check_stop_strings(req, prev):
+        return True
     if fsm.is_finished(req.fsm_state):
         finish(req, {"type": "stop", "matched": "constraint"})
+    elif len(new) >= req.params.max_new_tokens:
+        reason = {"type": "length", "length": req.params.max_new_tokens}
+        if not fsm.is_accepting(req.fsm_state):
+            reason["message"] = "max_new_tokens reached before the constrained output was complete"
+        finish(req, reason)
     return True

@@ -102,21 +102,26 @@ class ModelRunner:
             ids.extend(fill[start:start + n])
             pos.extend(range(start, start + n))
             prefix_lens.append(start)
-        offset = 0
+        offset, offsets = 0, []
         for r, n, start in zip(reqs, extend_lens, prefix_lens):
             table[r.row, start:start + n] = out_cache_loc[offset:offset + n]
+            offsets.append(offset)
             offset += n
             if not is_decode:
                 kv_indices.append(table[r.row, :start + n])
         dev = self.cfg.device
         fb = ForwardBatch(is_decode, torch.tensor(ids, device=dev), torch.tensor(pos, device=dev),
                           out_cache_loc.to(dev), prefix_lens, list(extend_lens), kv_indices)
-        if is_decode:
-            seq_lens = torch.tensor([p + 1 for p in prefix_lens], device=dev)
+        single = [i for i, n in enumerate(extend_lens) if n == 1]
+        if is_decode or len(single) > 1:
+            seq_lens = torch.tensor([prefix_lens[i] + 1 for i in single], device=dev)
             max_len = int(seq_lens.max())
-            rows = torch.tensor([r.row for r in reqs], device=dev)
+            rows = torch.tensor([reqs[i].row for i in single], device=dev)
             ar = torch.arange(max_len, device=dev)
-            mask = ar.unsqueeze(0) < seq_lens.unsqueeze(1)  # (B, L)
+            mask = ar.unsqueeze(0) < seq_lens.unsqueeze(1)  # (b, L)
             fb.padded_kv_indices = table[rows, :max_len] * mask
             fb.kv_mask = mask[:, None, None, :]
+            if not is_decode:
+                fb.padded_rows = torch.tensor([offsets[i] for i in single], device=dev)
+                fb.in_padded = [n == 1 for n in extend_lens]
         return fb

@@ -50,14 +50,10 @@ def append_token(req: Req, token: int, logprobs: torch.Tensor | None, tok: Token
         return finish(req, {"type": "stop", "matched": token})
     if p.stop_token_ids and token in p.stop_token_ids:
         return finish(req, {"type": "stop", "matched": token})
+    prev = len(req.text)
     update_text(req, tok)
-    for s in p.stop_strs:
-        # only the tail can hold a new match
-        at = req.text.find(s, max(0, len(req.text) - len(s) - 16))
-        if at >= 0:
-            if not p.no_stop_trim:
-                req.text = req.text[:at]
-            return finish(req, {"type": "stop", "matched": s}, keep_text=True)
+    if check_stop_strings(req, prev):
+        return
     if req.constraint is not None and req.constraint.is_finished(req.fsm_state):
         return finish(req, {"type": "stop", "matched": "constraint"})
     if len(req.output_ids) >= p.max_new_tokens:
@@ -65,6 +61,19 @@ def append_token(req: Req, token: int, logprobs: torch.Tensor | None, tok: Token
         if req.constraint is not None and not req.constraint.is_accepting(req.fsm_state):
             reason["message"] = "max_new_tokens reached before the constrained output was complete"
         return finish(req, reason)
+
+
+def check_stop_strings(req: Req, prev_len: int) -> bool:
+    """Finish `req` if a stop string ends in the text added after `prev_len` characters."""
+    p = req.params
+    for s in p.stop_strs:
+        at = req.text.find(s, max(0, prev_len - len(s) + 1))
+        if at >= 0:
+            if not p.no_stop_trim:
+                req.text = req.text[:at]
+            finish(req, {"type": "stop", "matched": s}, keep_text=True)
+            return True
+    return False
 
 
 def update_text(req: Req, tok: Tokenizer) -> None:

@@ -93,8 +93,10 @@ class Scheduler:
     def _admit(self) -> None:
         if not self.waiting:
             return
-        reserved = sum(self.new_token_ratio * min(r.remaining_new_tokens(), 4096)
-                       for r in self.running)
+        # room still owed to running requests: their pending (chunked) tokens and a share of
+        # the tokens they may yet generate
+        reserved = sum(max(r.num_pending - 1, 0) + self.new_token_ratio *
+                       min(r.remaining_new_tokens(), 4096) for r in self.running)
         budget = self.cfg.max_prefill_tokens
         admitted = []
         for req in self._order_waiting():
@@ -120,7 +122,7 @@ class Scheduler:
             req.status = ReqStatus.RUNNING
             self.running.append(req)
             admitted.append(req)
-            reserved += own_reserve
+            reserved += own_reserve + need
             budget -= need
             if budget <= 0:
                 break
@@ -145,26 +147,37 @@ class Scheduler:
         """Choose the next step: an extend batch if any running request has more than one
         pending token (new, chunked, recomputed or jumped forward), else a decode batch."""
         self._admit()
+        return self._form_batch()
+
+    def _form_batch(self) -> ScheduledBatch | None:
         if not self.running:
             return None
         extend = [r for r in self.running if r.num_pending > 1]
         if extend:
-            return self._extend_batch(extend)
+            # requests ready to decode ride along (a mixed batch): one pass over the weights
+            return self._extend_batch(extend + [r for r in self.running if r.num_pending == 1])
         return self._decode_batch()
 
     def _extend_batch(self, reqs: list[Req]) -> ScheduledBatch | None:
         budget = max(self.cfg.max_prefill_tokens, self.cfg.chunked_prefill_size)
         chosen, lens, locs = [], [], []
         for req in reqs:
+            if req.num_pending == 1:  # decoding alongside: no prefill budget, skip if no room
+                loc = self._alloc(1)
+                if loc is not None:
+                    chosen.append(req)
+                    lens.append(1)
+                    locs.append(loc)
+                continue
             n = min(req.num_pending, self.cfg.chunked_prefill_size, budget)
             if n <= 0:
-                break
+                continue
             loc = self._alloc(n)
             if loc is None:
                 n = max(min(n, self.kv_pool.num_free() + self.cache.evictable_size()), 0)
                 loc = self._alloc(n) if n > 0 else None
                 if loc is None:
-                    break
+                    continue
             chosen.append(req)
             lens.append(n)
             locs.append(loc)
@@ -172,7 +185,7 @@ class Scheduler:
         if not chosen:
             if not self._retract_one(exclude=None):
                 raise RuntimeError("KV pool too small to make progress on any request")
-            return self.schedule()
+            return self._form_batch()  # no admission now: the retracted one must wait
         return ScheduledBatch(False, chosen, lens, torch.cat(locs))
 
     def _decode_batch(self) -> ScheduledBatch:
