@@ -22,12 +22,14 @@ REGEXES = {
 }
 SCHEMAS = {
     "person": {"type": "object", "properties": {
-        "name": {"type": "string", "maxLength": 16}, "age": {"type": "integer"},
-        "email": {"type": "string", "format": "email"}}, "required": ["name", "age"]},
+        "name": {"type": "string", "maxLength": 16},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "birthday": {"type": "string", "format": "date"}}, "required": ["name", "age"]},
     "nested": {"type": "object", "properties": {
         "title": {"type": "string", "maxLength": 20},
         "author": {"type": "object", "properties": {
-            "first": {"type": "string", "maxLength": 10}, "born": {"type": "integer"}},
+            "first": {"type": "string", "maxLength": 10},
+            "born": {"type": "integer", "minimum": 0, "maximum": 2100}},
             "required": ["first", "born"]},
         "tags": {"type": "array", "items": {"type": "string", "maxLength": 8},
                  "minItems": 1, "maxItems": 3},
@@ -51,7 +53,8 @@ def test_sampled_outputs_fullmatch(engine, name):
 def test_json_schema_outputs_validate(engine, name):
     schema = SCHEMAS[name]
     outs = engine.generate([CHAT.format("Describe a book as JSON.")] * 4, {
-        "json_schema": json.dumps(schema), "temperature": 1.0, "max_new_tokens": 160})
+        "json_schema": json.dumps(schema), "temperature": 1.0, "max_new_tokens": 160,
+        "seed": 3})
     for o in outs:
         assert o["meta_info"]["finish_reason"]["type"] == "stop", o["text"]
         jsonschema.validate(json.loads(o["text"]), schema)
