@@ -56,7 +56,7 @@ class CompiledProgram(SglFunction):
     # ---- graphs -------------------------------------------------------------------------------
     def _specialize(self, static_values: dict):
         """(source graph, optimized graph, plan) for these values of the static arguments."""
-        from .backend.executor import Plan
+        from .backend.plan import Plan
         from .parser import lower_program
         from .passes import PassContext, PassManager, select_passes
 
@@ -147,7 +147,7 @@ class CompiledProgram(SglFunction):
         return out
 
     def _instance(self, backend, arguments: dict, defaults, stream: bool, envs=None):
-        from .backend.executor import Envs, Instance
+        from .backend.plan import Envs, Instance
         from .lang.interpreter import StreamExecutor
         from .lang.state import ProgramState
 
@@ -230,7 +230,7 @@ class CompiledProgram(SglFunction):
         backend = resolve_backend(backend)
         self.prepare(backend)
         defaults = _defaults(*sampling.values())
-        from .backend.executor import Envs
+        from .backend.plan import Envs
 
         instances, states, envs = [], [], Envs(self.func)
         for item in batch_kwargs:

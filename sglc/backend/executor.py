@@ -14,18 +14,15 @@ from __future__ import annotations
 import copy
 import heapq
 import logging
-import operator
 import queue
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
-from ..ir.ops import GEN_PARAMS, Op
+from ..ir.ops import Op
 from ..lang.interpreter import StreamExecutor
 from ..lang.primitives import (
-    ProgramError,
     SglConstantText,
-    SglGen,
     SglRoleBegin,
     SglRoleEnd,
     SglSamplingParams,
@@ -34,150 +31,13 @@ from ..lang.primitives import (
     SglVarScopeEnd,
     as_expr,
 )
-from ..lang.state import ProgramState
 from .base import BaseBackend
+from .plan import Instance, Plan, SnapshotState, _has_model_call, clone
 
 logger = logging.getLogger(__name__)
 
 DEAD = type("Dead", (), {"__repr__": lambda self: "DEAD"})()  # the value of an untaken path
-ATTR_TO_FIELD = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
 MIN_BATCH_PREFIX_CHARS = 64  # shorter shared prefixes are not worth a request (as the tracer)
-
-
-def _unpack(value, n: int) -> tuple:
-    t = tuple(value)
-    if len(t) != n:
-        raise ValueError(f"expected {n} values to unpack, got {len(t)}")
-    return t
-
-
-HELPERS = {"_unpack": _unpack, **{f"_{name}": getattr(operator, name) for name in (
-    "iadd", "isub", "imul", "imatmul", "itruediv", "ifloordiv", "imod", "ipow", "ilshift",
-    "irshift", "ior", "ixor", "iand")}}
-
-
-class SnapshotState(ProgramState):
-    """A read-only view of one state of a compiled program, as Python code in it sees states."""
-
-    def __iadd__(self, other):
-        raise ProgramError("this is a snapshot of a compiled program's state; it cannot be "
-                           "appended to here")
-
-    def fork(self, *args, **kwargs):
-        raise ProgramError("a snapshot of a compiled program's state cannot be forked")
-
-    def __del__(self):
-        pass
-
-
-def clone(exe: StreamExecutor) -> StreamExecutor:
-    """A copy of a state to apply the next op to (states are never changed in place)."""
-    c = StreamExecutor(exe.backend, exe.arguments, exe.default_params, exe.chat_template,
-                       stream=False, num_api_spec_tokens=exe.num_api_spec_tokens,
-                       use_thread=False)
-    c.text_, c.messages_ = exe.text_, list(exe.messages_)
-    c.variables, c.meta_info = dict(exe.variables), dict(exe.meta_info)
-    c.cur_role, c.cur_role_begin_pos = exe.cur_role, exe.cur_role_begin_pos
-    c.fork_start_text_pos, c._stop_ids = exe.fork_start_text_pos, exe._stop_ids
-    return c
-
-
-def _has_model_call(expr) -> bool:
-    return any(isinstance(x, (SglGen, SglSelect)) for x in expr.flatten())
-
-
-class Plan:
-    """What the scheduler needs of one graph, computed once."""
-
-    def __init__(self, graph, func):
-        self.graph, self.func = graph, func
-        order = graph.topo_order()
-        self.rank = {n: i for i, n in enumerate(order)}
-        self.nodes = {n: graph.node(n) for n in order}
-        self.num_deps = {n: len(set(self.nodes[n].args)) for n in order}
-        self.users = {n: sorted(set(graph.successors(n)), key=self.rank.get) for n in order}
-        self.sources = [n for n in order if not self.num_deps[n]]
-        self.ret = next(n for n in order if self.nodes[n].op is Op.RET)
-        self.main = self._main_chain()
-        self.group_of, self.groups = {}, defaultdict(list)
-        self.params, self.selects, self.code = {}, {}, {}
-        from ..lang.choices import (
-            greedy_token_selection,
-            token_length_normalized,
-            unconditional_likelihood_normalized,
-        )
-        methods = {m.name: m for m in (token_length_normalized, greedy_token_selection,
-                                       unconditional_likelihood_normalized)}
-        for n, node in self.nodes.items():
-            a = node.attrs
-            if "group" in a and node.op in (Op.GEN, Op.SELECT):
-                self.group_of[n] = a["group"]
-                self.groups[a["group"]].append(n)
-            if node.op is Op.GEN:
-                self.params[n] = SglSamplingParams(**{ATTR_TO_FIELD.get(k, k): v
-                                                      for k, v in a.items() if k in GEN_PARAMS})
-            elif node.op is Op.SELECT:
-                self.selects[n] = (a.get("temperature", 0.0),
-                                   methods[a.get("choices_method", "token_length_normalized")])
-            elif node.op is Op.PY:
-                self.code[n] = compile(a["code"], f"<sglc %{n}: {node.loc or 'py'}>", "eval")
-        self.var_names = sorted({a["name"] for node in self.nodes.values()
-                                 for a in [node.attrs] if node.op in (
-                                     Op.GEN, Op.SELECT, Op.SCOPE_END) and a.get("name")})
-
-    def _main_chain(self) -> set:
-        """The nodes the returned state is built through (what a streamed state shows)."""
-        out, stack = set(), [self.nodes[self.ret].args[0]]
-        while stack:
-            n = stack.pop()
-            if n in out:
-                continue
-            out.add(n)
-            node = self.nodes[n]
-            if node.op is Op.MERGE:
-                stack.extend(node.args)
-            elif node.args and node.op is not Op.CHILD:
-                stack.append(node.args[0])
-        return out
-
-
-class Envs(dict):
-    """Globals for `py` code, per function (None: the program's own), built on first use:
-    the function's module globals, its closure's values and the executor's helpers."""
-
-    def __init__(self, func):
-        super().__init__()
-        self.func = func
-
-    def __missing__(self, fn):
-        f = fn or self.func
-        env = dict(f.__globals__)
-        code = getattr(f, "__code__", None)
-        for name, cell in zip(code.co_freevars if code else (), f.__closure__ or ()):
-            try:
-                env[name] = cell.cell_contents
-            except ValueError:
-                pass
-        env.update(HELPERS)
-        self[fn] = env
-        return env
-
-
-class Instance:
-    """One run of a program: its arguments, its node values, the state its caller holds."""
-
-    def __init__(self, plan: Plan, arguments: dict, state: ProgramState, env: dict):
-        self.plan, self.arguments, self.state, self.env = plan, arguments, state, env
-        self.values: dict = {}
-        self.remaining = dict(plan.num_deps)
-        self.group_ready: dict = defaultdict(list)
-        self.group_resolved: dict = defaultdict(int)
-        self.failed = self.finished = False
-        self.shown = -1  # rank of the main-chain node the caller's state shows
-
-    @property
-    def mirror(self) -> StreamExecutor:
-        return self.state.stream_executor
 
 
 class GraphExecutor:
