@@ -75,6 +75,9 @@ class EngineConfig:
     disable_radix_cache: bool = False
     schedule_policy: str = "lpm"
     disable_regex_jump_forward: bool = False
+    disable_cascade_attention: bool = False  # attend a batch's shared prefix once (attention.py)
+    disable_cuda_graph: bool = False  # on CUDA, replay decode steps as graphs (cuda_graph.py)
+    cuda_graph_max_bs: int = 160  # larger decode batches run eagerly
     context_length: int | None = None
     num_threads: int | None = None
     check_invariants: bool = False  # verify KV accounting after every step (tests)

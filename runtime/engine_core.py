@@ -90,7 +90,7 @@ class EngineCore:
                 rows.append(offset + n - 1)
             offset += n
         logits = self.runner.forward(
-            fb, torch.tensor(rows, dtype=torch.long, device=fb.input_ids.device)).cpu()
+            fb, torch.tensor(rows, dtype=torch.long, device=fb.input_ids.device))
         self._committed = True
         for r, n in zip(batch.reqs, batch.extend_lens):
             if batch.is_decode:
@@ -98,7 +98,7 @@ class EngineCore:
             else:
                 self.scheduler.commit_extend(r, n)
         if lp_spans:
-            all_lp = torch.log_softmax(logits, dim=-1)
+            all_lp = torch.log_softmax(logits.cpu(), dim=-1)
             for r, at, pos, cnt in lp_spans:
                 record_input_logprobs(r, all_lp[at:at + cnt], pos)
         # requests whose pending tokens are all computed now sample their next token

@@ -8,7 +8,8 @@ import time
 import torch
 
 from .config import EngineConfig, ModelConfig
-from .forward_batch import ForwardBatch
+from .cuda_graph import CudaGraphRunner
+from .forward_batch import ForwardBatch, build_forward_batch
 from .kv_pool import ReqToTokenPool, TokenToKVPool
 from .loader import load_gguf, load_hf_folder
 from .model.llama import LlamaForCausalLM
@@ -76,6 +77,10 @@ class ModelRunner:
         self.req_pool = ReqToTokenPool(cfg.max_running_requests + 1, self.context_length + 1,
                                        cfg.device)
         logger.info("KV pool: %d token slots (%.0f MB)", size, self._bytes_per_token() * size / 1e6)
+        self.cuda_graphs = None
+        if cfg.device == "cuda" and not cfg.disable_cuda_graph:
+            self.cuda_graphs = CudaGraphRunner(self.model, self.kv_pool, cfg.cuda_graph_max_bs,
+                                               self.context_length, cfg.device)
 
     def _bytes_per_token(self) -> int:
         mc = self.model_config
@@ -89,39 +94,14 @@ class ModelRunner:
         return max(min(2 * 1024**3 // self._bytes_per_token(), 65536), 4096)  # ~2 GB on CPU
 
     def forward(self, fb: ForwardBatch, logit_rows: torch.Tensor | None) -> torch.Tensor:
+        if self.cuda_graphs is not None and self.cuda_graphs.can_run(fb):
+            logits = self.cuda_graphs.run(fb)
+            return logits if logit_rows is None else logits[logit_rows]
         return self.model(fb, self.kv_pool, logit_rows)
 
     def build_batch(self, is_decode: bool, reqs, extend_lens: list[int],
                     out_cache_loc: torch.Tensor) -> ForwardBatch:
         """Write new slots into req_to_token and lay the batch out flat."""
-        table = self.req_pool.req_to_token
-        ids, pos, prefix_lens, kv_indices = [], [], [], []
-        for r, n in zip(reqs, extend_lens):
-            start = r.kv_len
-            fill = r.fill_ids
-            ids.extend(fill[start:start + n])
-            pos.extend(range(start, start + n))
-            prefix_lens.append(start)
-        offset, offsets = 0, []
-        for r, n, start in zip(reqs, extend_lens, prefix_lens):
-            table[r.row, start:start + n] = out_cache_loc[offset:offset + n]
-            offsets.append(offset)
-            offset += n
-            if not is_decode:
-                kv_indices.append(table[r.row, :start + n])
-        dev = self.cfg.device
-        fb = ForwardBatch(is_decode, torch.tensor(ids, device=dev), torch.tensor(pos, device=dev),
-                          out_cache_loc.to(dev), prefix_lens, list(extend_lens), kv_indices)
-        single = [i for i, n in enumerate(extend_lens) if n == 1]
-        if is_decode or len(single) > 1:
-            seq_lens = torch.tensor([prefix_lens[i] + 1 for i in single], device=dev)
-            max_len = int(seq_lens.max())
-            rows = torch.tensor([reqs[i].row for i in single], device=dev)
-            ar = torch.arange(max_len, device=dev)
-            mask = ar.unsqueeze(0) < seq_lens.unsqueeze(1)  # (b, L)
-            fb.padded_kv_indices = table[rows, :max_len] * mask
-            fb.kv_mask = mask[:, None, None, :]
-            if not is_decode:
-                fb.padded_rows = torch.tensor([offsets[i] for i in single], device=dev)
-                fb.in_padded = [n == 1 for n in extend_lens]
-        return fb
+        return build_forward_batch(self.req_pool.req_to_token, is_decode, reqs, extend_lens,
+                                   out_cache_loc, self.cfg.device,
+                                   cascade=not self.cfg.disable_cascade_attention)

@@ -29,10 +29,20 @@ def needs_penalties(req: Req) -> bool:
     return p.repetition_penalty != 1.0 or p.frequency_penalty != 0 or p.presence_penalty != 0
 
 
+def _plain_greedy(r: Req, eos_ids) -> bool:
+    p = r.params
+    return (p.is_greedy and r.constraint is None and not needs_penalties(r)
+            and (len(r.output_ids) >= p.min_new_tokens or not (eos_ids or p.stop_token_ids)))
+
+
 def sample(logits: torch.Tensor, reqs: list[Req], eos_ids: tuple[int, ...],
            need_logprobs: bool) -> tuple[list[int], torch.Tensor | None]:
-    """logits: (B, V) float32, one row per request. Returns (next token ids, (B, V) raw
-    log-softmax or None)."""
+    """logits: (B, V) float32 on any device, one row per request. Returns (next token ids,
+    (B, V) raw log-softmax on the CPU, or None). Plain greedy batches take the argmax where the
+    logits are (on a GPU only the ids cross to the host); the rest runs on the CPU."""
+    if not need_logprobs and all(_plain_greedy(r, eos_ids) for r in reqs):
+        return logits.argmax(dim=-1).tolist(), None
+    logits = logits.cpu()
     logprobs = torch.log_softmax(logits, dim=-1) if need_logprobs else None
     logits = logits.clone()
     for i, r in enumerate(reqs):

@@ -22,6 +22,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule-policy", default="lpm", choices=["lpm", "fcfs"])
     g.add_argument("--disable-radix-cache", action="store_true")
     g.add_argument("--disable-regex-jump-forward", action="store_true")
+    g.add_argument("--disable-cascade-attention", action="store_true",
+                   help="attend a batch's shared cached prefix per request, not once")
+    g.add_argument("--disable-cuda-graph", action="store_true",
+                   help="on CUDA, run decode steps eagerly instead of replaying graphs")
+    g.add_argument("--cuda-graph-max-bs", type=int, default=160)
     g.add_argument("--quantization", default=None, choices=["none", "int4"],
                    help="int4: small-batch decode reads int4 weights (CPU, faster batch-1)")
     g.add_argument("--log-level", default="warning")
@@ -35,6 +40,9 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 schedule_policy=args.schedule_policy,
                 disable_radix_cache=args.disable_radix_cache,
                 disable_regex_jump_forward=args.disable_regex_jump_forward,
+                disable_cascade_attention=args.disable_cascade_attention,
+                disable_cuda_graph=args.disable_cuda_graph,
+                cuda_graph_max_bs=args.cuda_graph_max_bs,
                 quantization=args.quantization)
 
 

@@ -65,3 +65,29 @@ def test_one_token_prompt_input_logprobs(engine):
     r = engine.generate(input_ids=[504], sampling_params={"max_new_tokens": 0},
                         return_logprob=True, logprob_start_len=0)
     assert r["meta_info"]["input_token_logprobs"] == [(None, 504, None)]
+
+
+LONG_SHARED = ("<|im_start|>system\nYou are a careful assistant. Answer every question in one "
+               "short sentence, name the facts you rely on, and never invent a number you are "
+               "not sure of.<|im_end|>\n")
+
+
+def test_greedy_matches_hf_with_cascade_attention(engine, hf_model, monkeypatch):
+    """Requests sharing a cached prefix longer than MIN_SHARED_PREFIX attend it once per batch
+    (cascade); their tokens must still be HF's."""
+    from sglc_runtime import attention
+    from sglc_runtime.forward_batch import MIN_SHARED_PREFIX
+
+    calls = []
+    real = attention._cascade
+    monkeypatch.setattr(attention, "_cascade", lambda *a: calls.append(1) or real(*a))
+    prompts = [LONG_SHARED + f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+               for q in ["What is 2+2?", "Name a color.", "Who wrote Hamlet?", "Why is the sky blue?"]]
+    ids = [engine.tokenizer.encode(p) for p in prompts]
+    assert len(engine.tokenizer.encode(LONG_SHARED)) > MIN_SHARED_PREFIX
+    engine.flush_cache()
+    outs = engine.generate(input_ids=ids, sampling_params={
+        "temperature": 0, "max_new_tokens": N_NEW, "ignore_eos": True})
+    assert calls, "the batch did not use cascade attention"
+    for i, o in zip(ids, outs):
+        assert o["output_ids"] == hf_greedy(hf_model, i, N_NEW)

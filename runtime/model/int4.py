@@ -38,13 +38,16 @@ def dequantize_int4(q, scale, zero) -> torch.Tensor:
 
 class Int4DecodeLinear(nn.Module):
     """Wraps an nn.Linear: rows <= max_rows go through packed int4, others through the float
-    weight. The float weight stays the source of truth (prefill, large batches)."""
+    weight. The float weight stays the source of truth (prefill, large batches).
+    With `bf16_out`, small-batch results stay in bfloat16 (saves a conversion where the next
+    op is a residual add, which promotes, or another int4 linear)."""
 
-    def __init__(self, linear: nn.Linear, max_rows: int = 8):
+    def __init__(self, linear: nn.Linear, max_rows: int = 8, bf16_out: bool = False):
         super().__init__()
         assert linear.bias is None and linear.in_features % GROUP == 0
         self.linear = linear
         self.max_rows = max_rows
+        self.bf16_out = bf16_out
         q, scale, zero = quantize_int4(linear.weight.data)
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)  # (N, K/2) u8
         self.scales_zeros = torch.stack([scale, zero], -1).transpose(0, 1).contiguous() \
@@ -55,7 +58,7 @@ class Int4DecodeLinear(nn.Module):
             return self.linear(x)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, GROUP,
                                                        self.scales_zeros)
-        return y.to(x.dtype)
+        return y if self.bf16_out else y.to(x.dtype)
 
 
 class Bf16DecodeLinear(nn.Module):
@@ -79,7 +82,7 @@ def enable_int4_decode(model: nn.Module, max_rows: int = 8) -> None:
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         attn.qkv_proj = Int4DecodeLinear(attn.qkv_proj, max_rows)
-        attn.o_proj = Int4DecodeLinear(attn.o_proj, max_rows)
-        mlp.gate_up_proj = Int4DecodeLinear(mlp.gate_up_proj, max_rows)
-        mlp.down_proj = Int4DecodeLinear(mlp.down_proj, max_rows)
+        attn.o_proj = Int4DecodeLinear(attn.o_proj, max_rows, bf16_out=True)
+        mlp.gate_up_proj = Int4DecodeLinear(mlp.gate_up_proj, max_rows, bf16_out=True)
+        mlp.down_proj = Int4DecodeLinear(mlp.down_proj, max_rows, bf16_out=True)
     model.lm_head = Bf16DecodeLinear(model.lm_head, max_rows)

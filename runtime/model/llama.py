@@ -24,7 +24,10 @@ class LlamaRMSNorm(nn.Module):
 
 
 class LlamaRotaryEmbedding(nn.Module):
-    """Precomputed cos/sin tables; applied HF-style (rotate_half over the two head halves)."""
+    """Precomputed cos/sin tables, applied HF-style: x * cos + rotate_half(x) * sin, where
+    rotate_half(x) = cat(-x2, x1) over the two head halves. `tables(positions)` gathers them
+    once per step; `apply` rotates queries and keys together in three ops, writing
+    rotate_half(x) * sin as roll(x, hd/2) * signed_sin with signed_sin = cat(-sin1, sin2)."""
 
     def __init__(self, head_dim: int, max_pos: int, theta: float):
         super().__init__()
@@ -32,18 +35,20 @@ class LlamaRotaryEmbedding(nn.Module):
         t = torch.arange(max_pos, dtype=torch.float64)
         freqs = torch.outer(t, inv_freq)  # (P, hd/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (P, hd)
+        sin = emb.sin()
+        sin[:, :head_dim // 2] *= -1
         self.register_buffer("cos", emb.cos().float(), persistent=False)
-        self.register_buffer("sin", emb.sin().float(), persistent=False)
+        self.register_buffer("signed_sin", sin.float(), persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # (T, 1, hd)
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype):
+        """cos, signed_sin for these positions: (T, 1, hd) each."""
+        return (self.cos[positions].unsqueeze(1).to(dtype),
+                self.signed_sin[positions].unsqueeze(1).to(dtype))
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    @staticmethod
+    def apply(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        """x: (T, heads, hd) -> rotated copy."""
+        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
 
 
 class LlamaAttention(nn.Module):
@@ -55,14 +60,14 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.n_q * self.hd, cfg.hidden_size, bias=False)
         self.scale = self.hd ** -0.5
 
-    def forward(self, x, positions, rope, fb: ForwardBatch, pool: TokenToKVPool):
+    def forward(self, x, rope_tables, fb: ForwardBatch, pool: TokenToKVPool):
         T = x.shape[0]
         qkv = self.qkv_proj(x)  # (T, (n_q + 2 n_kv) hd)
-        q, k, v = qkv.split([self.n_q * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
-        q = q.view(T, self.n_q, self.hd)
-        k = k.view(T, self.n_kv, self.hd)
-        v = v.view(T, self.n_kv, self.hd)
-        q, k = rope(positions, q, k)
+        n_qk = (self.n_q + self.n_kv) * self.hd
+        qk = LlamaRotaryEmbedding.apply(qkv[:, :n_qk].view(T, self.n_q + self.n_kv, self.hd),
+                                        *rope_tables)
+        q, k = qk[:, :self.n_q], qk[:, self.n_q:]
+        v = qkv[:, n_qk:].view(T, self.n_kv, self.hd)
         o = paged_attention(self.layer_id, q, k, v, fb, pool, self.scale)  # (T, n_q, hd)
         return self.o_proj(o.reshape(T, self.n_q * self.hd))
 
@@ -87,8 +92,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, positions, rope, fb, pool):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, fb, pool)
+    def forward(self, x, rope_tables, fb, pool):
+        x = x + self.self_attn(self.input_layernorm(x), rope_tables, fb, pool)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -103,8 +108,9 @@ class LlamaModel(nn.Module):
 
     def forward(self, fb: ForwardBatch, pool: TokenToKVPool) -> torch.Tensor:
         x = self.embed_tokens(fb.input_ids)  # (T, D)
+        rope_tables = self.rotary_emb.tables(fb.positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, fb.positions, self.rotary_emb, fb, pool)
+            x = layer(x, rope_tables, fb, pool)
         return self.norm(x)
 
 

@@ -1,0 +1,95 @@
+"""Attention over the paged KV pool: `attend` against SDPA, and cascade (shared-prefix)
+attention against plain per-request attention on the same pool."""
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sglc_runtime import attention
+from sglc_runtime.attention import attend, paged_attention
+from sglc_runtime.forward_batch import MIN_SHARED_PREFIX, build_forward_batch
+from sglc_runtime.kv_pool import TokenToKVPool
+
+N_Q, N_KV, HD = 6, 2, 16
+
+
+def test_attend_matches_sdpa_and_logsumexp():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 5, N_Q, HD, generator=g)
+    k = torch.randn(2, 7, N_KV, HD, generator=g)
+    v = torch.randn(2, 7, N_KV, HD, generator=g)
+    mask = torch.rand(2, 5, 7, generator=g) > 0.4
+    mask[..., 0] = True  # every query sees a key
+    out, lse = attend(q, k, v, 0.3, mask)
+    ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask[:, None], scale=0.3, enable_gqa=True)
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    kk = k.repeat_interleave(N_Q // N_KV, dim=2)  # (B, L, n_q, hd)
+    scores = torch.einsum("bqhd,blhd->bhql", q, kk) * 0.3
+    scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    torch.testing.assert_close(lse, scores.logsumexp(-1).transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_attend_in_query_chunks_is_the_same(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 33, N_Q, HD, generator=g), torch.randn(1, 40, N_KV, HD, generator=g),
+               torch.randn(1, 40, N_KV, HD, generator=g))
+    whole = attend(q, k, v, 0.25)
+    monkeypatch.setattr(attention, "_CHUNK_ELEMS", 500)  # a few queries per chunk
+    chunked = attend(q, k, v, 0.25)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b)
+
+
+def _setup(contiguous_prefix: bool, seed: int):
+    """A pool whose first requests share a cached prefix of P slots, each with its own
+    cached tokens after it."""
+    rng = random.Random(seed)
+    pool = TokenToKVPool(400, 1, N_KV, HD, torch.float32, "cpu")
+    pool.k_buffer[0][1:].normal_()
+    pool.v_buffer[0][1:].normal_()
+    free = list(range(1, 401))
+    if not contiguous_prefix:
+        rng.shuffle(free)
+    P = MIN_SHARED_PREFIX + 9
+    prefix, free = free[:P], free[P:]
+    table = torch.zeros(8, 200, dtype=torch.int64)
+    reqs = []
+    for row, own in enumerate([0, 3, 11, 1]):
+        slots, free = free[:own], free[own:]
+        table[row, :P + own] = torch.tensor(prefix + slots)
+        reqs.append(SimpleNamespace(row=row, kv_len=P + own, fill_ids=list(range(P + own + 20))))
+    return pool, table, reqs, free
+
+
+@pytest.mark.parametrize("contiguous_prefix", [True, False])
+@pytest.mark.parametrize("extend_lens", [[1, 1, 1, 1], [5, 1, 7, 1], [2, 3, 4, 9]])
+def test_cascade_equals_per_request_attention(contiguous_prefix, extend_lens):
+    pool, table, reqs, free = _setup(contiguous_prefix, seed=sum(extend_lens))
+    T = sum(extend_lens)
+    out_loc = torch.tensor(free[:T])
+    g = torch.Generator().manual_seed(T)
+    q = torch.randn(T, N_Q, HD, generator=g)
+    k, v = torch.randn(T, N_KV, HD, generator=g), torch.randn(T, N_KV, HD, generator=g)
+    is_decode = all(n == 1 for n in extend_lens)
+    outs = []
+    for cascade in (True, False):
+        fb = build_forward_batch(table.clone(), is_decode, reqs, extend_lens, out_loc, "cpu",
+                                 cascade=cascade)
+        assert (fb.shared_len == MIN_SHARED_PREFIX + 9) == cascade
+        if cascade:
+            assert isinstance(fb.shared_kv, slice) == contiguous_prefix
+        outs.append(paged_attention(0, q, k, v, fb, pool, HD ** -0.5))
+    torch.testing.assert_close(outs[0], outs[1], atol=2e-5, rtol=1e-5)
+
+
+def test_no_cascade_when_prefixes_differ_or_are_short():
+    pool, table, reqs, free = _setup(True, seed=0)
+    table[2, 5] = free[-1]  # request 2 diverges at position 5: common prefix < minimum
+    fb = build_forward_batch(table, True, reqs, [1] * 4, torch.tensor(free[:4]), "cpu")
+    assert fb.shared_len == 0
+    fb = build_forward_batch(table, True, reqs[:1], [1], torch.tensor(free[4:5]), "cpu")
+    assert fb.shared_len == 0  # a single request has nothing to share
