@@ -48,9 +48,10 @@ def best_time(args, fn, before=None) -> float:
     return min(times)
 
 
-def bench_sglc(args, prefill, short, shared, disable_radix_cache, quantization=None):
+def bench_sglc(args, prefill, short, shared, disable_radix_cache, quantization=None,
+               engine_kwargs=None):
     eng = Engine(dtype=args.dtype, disable_radix_cache=disable_radix_cache,
-                 quantization=quantization)
+                 quantization=quantization, **(engine_kwargs or {}))
     greedy = {"temperature": 0, "ignore_eos": True}
     eng.generate(input_ids=prefill[:32], sampling_params={**greedy, "max_new_tokens": 4})
 

@@ -19,12 +19,16 @@ from sglc_runtime.config import parse_dtype  # noqa: E402
 from sglc_runtime.engine import Engine  # noqa: E402
 
 
-def _timed_cuda(fn, *args, **kwargs):
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    torch.cuda.synchronize()
-    return out, time.perf_counter() - t
+def _timed_cuda(args, fn) -> float:
+    """Fastest of args.repeats synchronised runs (as bench_engine.best_time does for sglc)."""
+    times = []
+    for _ in range(args.repeats):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
 @torch.no_grad()
@@ -42,23 +46,23 @@ def bench_hf_cuda(args, prefill, short, shared):
     dev = "cuda"
     res = {}
     model(torch.tensor([prefill[:32]], device=dev))
-    _, t = _timed_cuda(model, torch.tensor([prefill], device=dev))
-    res["prefill_tok_s"] = len(prefill) / t
+    x = torch.tensor([prefill], device=dev)
+    res["prefill_tok_s"] = len(prefill) / _timed_cuda(args, lambda: model(x))
     n = args.decode_len
     gen = dict(do_sample=False, min_new_tokens=1, pad_token_id=0)
     x = torch.tensor([short[0]], device=dev)
-    _, t1 = _timed_cuda(model.generate, x, max_new_tokens=1, **gen)
-    _, tn = _timed_cuda(model.generate, x, max_new_tokens=n, min_length=0, **gen)
+    t1 = _timed_cuda(args, lambda: model.generate(x, max_new_tokens=1, **gen))
+    tn = _timed_cuda(args, lambda: model.generate(x, max_new_tokens=n, min_length=0, **gen))
     res["decode_b1_tok_s"] = (n - 1) / (tn - t1)
     xb = torch.tensor(short, device=dev)
-    _, t1 = _timed_cuda(model.generate, xb, max_new_tokens=1, **gen)
-    _, tn = _timed_cuda(model.generate, xb, max_new_tokens=n, **gen)
+    t1 = _timed_cuda(args, lambda: model.generate(xb, max_new_tokens=1, **gen))
+    tn = _timed_cuda(args, lambda: model.generate(xb, max_new_tokens=n, **gen))
     res[f"decode_b{len(short)}_tok_s"] = len(short) * (n - 1) / (tn - t1)
     width = max(map(len, shared))
     ids = torch.tensor([[0] * (width - len(s)) + s for s in shared], device=dev)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in shared], device=dev)
-    _, t = _timed_cuda(model.generate, ids, attention_mask=mask, max_new_tokens=args.shared_new,
-                       do_sample=False, pad_token_id=0)
+    t = _timed_cuda(args, lambda: model.generate(ids, attention_mask=mask, do_sample=False,
+                                                 max_new_tokens=args.shared_new, pad_token_id=0))
     res["shared_prefix_req_s"] = len(shared) / t
     res["shared_prefix_cache_hit_rate"] = 0.0
     return res
@@ -81,6 +85,9 @@ def main():
     prefill, short, shared = make_workload(tok, args)
     systems = {
         "sglc": bench_sglc(args, prefill, short, shared, False),
+        "sglc (torch attention, no CUDA graphs)": bench_sglc(
+            args, prefill, short, shared, False,
+            engine_kwargs=dict(attention_backend="torch", disable_cuda_graph=True)),
         "sglc (no radix cache)": bench_sglc(args, prefill, short, shared, True),
         "HF transformers": bench_hf_cuda(args, prefill, short, shared),
     }

@@ -26,8 +26,9 @@ def machine_info() -> dict:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(), "cores": os.cpu_count(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                  text=True, cwd=Path(__file__).parent).stdout.strip()}
+            "git": os.environ.get("SGLC_BENCH_GIT") or subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                cwd=Path(__file__).parent).stdout.strip()}
 
 
 def load_hf():

@@ -3,7 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python benchmarks/bench_engine.py
+python benchmarks/bench_quant_accuracy.py
 python benchmarks/bench_constrained.py
 python benchmarks/bench_fsm.py --repeats 5
 python benchmarks/bench_lang.py --num-programs 32
 python benchmarks/bench_compiler.py
+if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    python benchmarks/bench_gpu.py  # on a GPU machine
+fi

@@ -26,6 +26,19 @@ def main():
         print(table(eng["systems"], ["prefill_tok_s", "decode_b1_tok_s", "decode_b64_tok_s",
                                      "shared_prefix_req_s", "shared_prefix_cache_hit_rate"]))
         print("Ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in eng["ratios"].items()) + "\n")
+    gpu = load("engine_gpu")
+    if gpu:
+        print(f"## Engine on {gpu['device']} (`python benchmarks/bench_gpu.py`)\n")
+        print(table(gpu["systems"], ["prefill_tok_s", "decode_b1_tok_s", "decode_b64_tok_s",
+                                     "shared_prefix_req_s", "shared_prefix_cache_hit_rate"]))
+        print("Ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in gpu["ratios"].items()) + "\n")
+    qa = load("quant_accuracy")
+    if qa:
+        print("## int8 / int4 against exact fp32 (`python benchmarks/bench_quant_accuracy.py`)\n")
+        print(table(qa["schemes"], ["mean_first_divergence", "identical"]))
+        print("fbgemm int8 linear speedup over fp32: " + ", ".join(
+            f"{k} {v:.2f}x" for k, v in
+            qa["fbgemm_int8_speedup_over_fp32_linear_576x3072"].items()) + "\n")
     con = load("constrained")
     if con:
         print("## Constrained decoding (`python benchmarks/bench_constrained.py`)\n")

@@ -81,6 +81,10 @@ def attend(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, scale: float
 def _decode(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
     """One query per request (q: (b, n_q, hd)) over 0-padded, masked key lists."""
     idx = fb.padded_kv_indices  # (b, L)
+    if fb.triton_decode:  # reads the pool in place instead of gathering K/V
+        from .kernels.decode_attention import decode_attention
+
+        return decode_attention(q, kbuf, vbuf, idx, fb.kv_lens, scale)
     keys = kbuf[idx].transpose(1, 2)  # (b, n_kv, L, hd)
     vals = vbuf[idx].transpose(1, 2)
     out = _sdpa(

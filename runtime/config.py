@@ -76,6 +76,9 @@ class EngineConfig:
     schedule_policy: str = "lpm"
     disable_regex_jump_forward: bool = False
     disable_cascade_attention: bool = False  # attend a batch's shared prefix once (attention.py)
+    # decode attention: "triton" reads the KV pool in place (CUDA), "torch" gathers it;
+    # "auto" picks triton on CUDA when the package is there
+    attention_backend: str = "auto"
     disable_cuda_graph: bool = False  # on CUDA, replay decode steps as graphs (cuda_graph.py)
     cuda_graph_max_bs: int = 160  # larger decode batches run eagerly
     context_length: int | None = None
@@ -98,6 +101,18 @@ class EngineConfig:
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.dtype = parse_dtype(self.dtype)
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise InvalidRequestError(f"attention_backend must be auto, torch or triton, got "
+                                      f"{self.attention_backend!r}")
+        if self.attention_backend == "auto":
+            self.attention_backend = "torch"
+            if self.device == "cuda":
+                from .kernels.decode_attention import triton_available
+
+                if triton_available():
+                    self.attention_backend = "triton"
+        if self.attention_backend == "triton" and self.device != "cuda":
+            raise InvalidRequestError("attention_backend='triton' needs device='cuda'")
         if self.quantization in ("none", ""):
             self.quantization = None
         if self.quantization not in (None, "int4"):

@@ -23,7 +23,8 @@ LEN_STEP = 256  # KV lengths are padded up to a multiple of this
 class CudaGraphRunner:
     """`can_run(fb)` says whether a batch fits; `run(fb)` returns its logits (b, vocab)."""
 
-    def __init__(self, model, pool, max_batch: int, max_len: int, device: str):
+    def __init__(self, model, pool, max_batch: int, max_len: int, device: str,
+                 triton_decode: bool = False):
         self.model, self.pool = model, pool
         self.max_batch = max(b for b in BATCH_BUCKETS if b <= max(1, max_batch))
         self.max_len = -(-max_len // LEN_STEP) * LEN_STEP
@@ -33,6 +34,8 @@ class CudaGraphRunner:
         self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)
         self.kv_indices = torch.zeros(n, L, dtype=torch.int64, device=device)
         self.kv_mask = torch.zeros(n, 1, 1, L, dtype=torch.bool, device=device)
+        self.kv_lens = torch.ones(n, dtype=torch.int64, device=device)
+        self.triton_decode = triton_decode
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool_handle = None
 
@@ -55,6 +58,8 @@ class CudaGraphRunner:
         self.kv_mask[:bs, ..., :L].zero_()
         self.kv_mask[:b, ..., :cur] = fb.kv_mask
         self.kv_mask[b:bs, ..., 0] = True  # padding rows attend the scratch slot
+        self.kv_lens[:bs].fill_(1)
+        self.kv_lens[:b] = fb.kv_lens
         key = (bs, L)
         if key not in self.graphs:
             self.graphs[key] = self._capture(bs, L)
@@ -66,7 +71,8 @@ class CudaGraphRunner:
         return ForwardBatch(True, self.input_ids[:bs], self.positions[:bs],
                             self.out_cache_loc[:bs], [0] * bs, [1] * bs, [],
                             padded_kv_indices=self.kv_indices[:bs, :L],
-                            kv_mask=self.kv_mask[:bs, :, :, :L])
+                            kv_mask=self.kv_mask[:bs, :, :, :L], kv_lens=self.kv_lens[:bs],
+                            triton_decode=self.triton_decode)
 
     def _capture(self, bs: int, L: int):
         fb = self._static_batch(bs, L)

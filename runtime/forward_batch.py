@@ -35,6 +35,8 @@ class ForwardBatch:
     # requests decoding alongside the extends) attend through one padded batched call:
     padded_kv_indices: torch.Tensor | None = None  # (b, max_len) their slots, 0-padded
     kv_mask: torch.Tensor | None = None  # (b, 1, 1, max_len) True where valid
+    kv_lens: torch.Tensor | None = None  # (b,) valid entries per row of padded_kv_indices
+    triton_decode: bool = False  # the padded call runs the Triton kernel (kernels/)
     padded_rows: torch.Tensor | None = None  # extend batch: their flat rows (None: all rows)
     in_padded: list[bool] | None = None  # extend batch: per request, attended in the padded call
     shared_len: int = 0  # S: positions 0..S-1 of every request share these KV slots
@@ -115,6 +117,7 @@ def build_forward_batch(table: torch.Tensor, is_decode: bool, reqs, extend_lens:
         mask = ar.unsqueeze(0) < own_lens.unsqueeze(1)  # (b, L)
         fb.padded_kv_indices = table[rows, S:S + max_len] * mask
         fb.kv_mask = mask[:, None, None, :]
+        fb.kv_lens = own_lens
         if not is_decode:
             fb.padded_rows = torch.tensor([offsets[i] for i in single], device=device)
             fb.in_padded = [n == 1 for n in extend_lens]

@@ -77,10 +77,12 @@ class ModelRunner:
         self.req_pool = ReqToTokenPool(cfg.max_running_requests + 1, self.context_length + 1,
                                        cfg.device)
         logger.info("KV pool: %d token slots (%.0f MB)", size, self._bytes_per_token() * size / 1e6)
+        self.triton_decode = cfg.attention_backend == "triton"
         self.cuda_graphs = None
         if cfg.device == "cuda" and not cfg.disable_cuda_graph:
             self.cuda_graphs = CudaGraphRunner(self.model, self.kv_pool, cfg.cuda_graph_max_bs,
-                                               self.context_length, cfg.device)
+                                               self.context_length, cfg.device,
+                                               self.triton_decode)
 
     def _bytes_per_token(self) -> int:
         mc = self.model_config
@@ -102,6 +104,8 @@ class ModelRunner:
     def build_batch(self, is_decode: bool, reqs, extend_lens: list[int],
                     out_cache_loc: torch.Tensor) -> ForwardBatch:
         """Write new slots into req_to_token and lay the batch out flat."""
-        return build_forward_batch(self.req_pool.req_to_token, is_decode, reqs, extend_lens,
-                                   out_cache_loc, self.cfg.device,
-                                   cascade=not self.cfg.disable_cascade_attention)
+        fb = build_forward_batch(self.req_pool.req_to_token, is_decode, reqs, extend_lens,
+                                 out_cache_loc, self.cfg.device,
+                                 cascade=not self.cfg.disable_cascade_attention)
+        fb.triton_decode = self.triton_decode
+        return fb

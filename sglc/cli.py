@@ -24,6 +24,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--disable-regex-jump-forward", action="store_true")
     g.add_argument("--disable-cascade-attention", action="store_true",
                    help="attend a batch's shared cached prefix per request, not once")
+    g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"],
+                   help="decode attention: triton reads the KV pool in place (CUDA)")
     g.add_argument("--disable-cuda-graph", action="store_true",
                    help="on CUDA, run decode steps eagerly instead of replaying graphs")
     g.add_argument("--cuda-graph-max-bs", type=int, default=160)
@@ -41,6 +43,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 disable_radix_cache=args.disable_radix_cache,
                 disable_regex_jump_forward=args.disable_regex_jump_forward,
                 disable_cascade_attention=args.disable_cascade_attention,
+                attention_backend=args.attention_backend,
                 disable_cuda_graph=args.disable_cuda_graph,
                 cuda_graph_max_bs=args.cuda_graph_max_bs,
                 quantization=args.quantization)

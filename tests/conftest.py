@@ -11,6 +11,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the oracle loads a local GGUF; never the hub
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if not _cuda():  # Triton kernels run through the interpreter on the CPU (before triton loads)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 @pytest.fixture(scope="session")
 def engine():
     """The default model in float32 (what the HF oracle computes in), checking KV invariants

@@ -258,3 +258,27 @@ def test_cuda_graph_decode_equals_eager(engine):
     finally:
         eager.shutdown()
     assert engine.core.runner.cuda_graphs.graphs  # the graphs were used
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton decode kernel runs on CUDA")
+def test_triton_decode_attention_equals_torch_backend(engine):
+    pytest.importorskip("triton")
+    from sglc_runtime.engine import Engine
+
+    assert engine.core.runner.triton_decode
+    prompts = [engine.tokenizer.encode(p) for p in ["The capital of France is", "def add(a, b):"]]
+    sp = {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True}
+    plain = Engine(dtype="float32", attention_backend="torch")
+    try:
+        engine.flush_cache()
+        assert [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=sp)] \
+            == [o["output_ids"] for o in plain.generate(input_ids=prompts, sampling_params=sp)]
+    finally:
+        plain.shutdown()
+
+
+def test_triton_backend_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here")
+    with pytest.raises(InvalidRequestError, match="attention_backend"):
+        Engine(dtype="float32", attention_backend="triton")
