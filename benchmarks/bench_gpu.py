@@ -12,11 +12,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import bench_sglc, make_workload  # noqa: E402
-from common import RESULTS, bar_plot, save  # noqa: E402
-
-from sglc_runtime.config import parse_dtype  # noqa: E402
-from sglc_runtime.engine import Engine  # noqa: E402
+from bench_engine import bench_sglc, make_workload
+from common import RESULTS, bar_plot, save
+from sglc_runtime.config import parse_dtype
+from sglc_runtime.engine import Engine
 
 
 def _timed_cuda(args, fn) -> float:
@@ -95,7 +94,7 @@ def main():
     ratios = {}
     if "HF transformers" in systems:
         hf, ours = systems["HF transformers"], systems["sglc"]
-        ratios = {f"{k}_vs_hf": ours[k] / hf[k] for k in ours if k in hf and hf[k]}
+        ratios = {f"{k}_vs_hf": ours[k] / hf[k] for k in ours if hf.get(k)}
     result = {"workload": {k: getattr(args, k) for k in ("prefill_len", "batch", "decode_len",
                                                           "prefix_len", "num_shared",
                                                           "shared_new", "repeats")},

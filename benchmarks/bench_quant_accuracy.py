@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, bar_plot, load_llama_cpp, save  # noqa: E402
-
-from sglc_runtime.engine import Engine  # noqa: E402
+from common import RESULTS, bar_plot, load_llama_cpp, save
+from sglc_runtime.engine import Engine
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Write a haiku about the sea.\n",
            "Question: What is 12 times 7?\nAnswer:", "Once upon a time, in a small village,",
@@ -70,8 +69,9 @@ def kernel_speed() -> dict:
                                         torch.zeros(3072, dtype=torch.long), 0, torch.qint8)
         packed = torch.ops.quantized.linear_prepack(qw, None)
         t = {}
-        for name, fn in [("fp32", lambda: F.linear(x, w)),
-                         ("int8", lambda: torch.ops.quantized.linear_dynamic(x, packed, True))]:
+        for name, fn in [("fp32", lambda x=x, w=w: F.linear(x, w)),
+                         ("int8", lambda x=x, p=packed: torch.ops.quantized.linear_dynamic(
+                             x, p, True))]:
             for _ in range(3):
                 fn()
             t0 = time.perf_counter()

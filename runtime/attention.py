@@ -46,6 +46,16 @@ def paged_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return _extend(q, kbuf, vbuf, fb, scale)
 
 
+def gather(buf: torch.Tensor, idx) -> torch.Tensor:
+    """buf[idx] for a (slots, n_kv, hd) buffer and an index tensor of any shape (or a slice):
+    index_select over flat rows copies each slot's row at once (3-4x faster than advanced
+    indexing on the CPU)."""
+    if isinstance(idx, slice):
+        return buf[idx]
+    rows = buf.view(buf.shape[0], -1).index_select(0, idx.reshape(-1))
+    return rows.view(*idx.shape, *buf.shape[1:])
+
+
 def attend(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, scale: float,
            mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Grouped-query attention that also returns the log-sum-exp of the scores.
@@ -85,8 +95,8 @@ def _decode(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
         from .kernels.decode_attention import decode_attention
 
         return decode_attention(q, kbuf, vbuf, idx, fb.kv_lens, scale)
-    keys = kbuf[idx].transpose(1, 2)  # (b, n_kv, L, hd)
-    vals = vbuf[idx].transpose(1, 2)
+    keys = gather(kbuf, idx).transpose(1, 2)  # (b, n_kv, L, hd)
+    vals = gather(vbuf, idx).transpose(1, 2)
     out = _sdpa(
         q.unsqueeze(2), keys, vals, attn_mask=fb.kv_mask, scale=scale,
         enable_gqa=True)  # (b, n_q, 1, hd)
@@ -105,8 +115,8 @@ def _extend(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
             start += ext
             continue
         qi = q[start:start + ext].transpose(0, 1).unsqueeze(0)  # (1, n_q, ext, hd)
-        keys = kbuf[idx].transpose(0, 1).unsqueeze(0)  # (1, n_kv, prefix+ext, hd)
-        vals = vbuf[idx].transpose(0, 1).unsqueeze(0)
+        keys = gather(kbuf, idx).transpose(0, 1).unsqueeze(0)  # (1, n_kv, prefix+ext, hd)
+        vals = gather(vbuf, idx).transpose(0, 1).unsqueeze(0)
         if prefix == 0:
             o = _sdpa(qi, keys, vals, is_causal=True, scale=scale,
                                                enable_gqa=True)
@@ -123,18 +133,20 @@ def _extend(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
 def _cascade(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
     """Shared prefix (fb.shared_kv) once for all T queries, then each request's own keys
     (positions shared_len.. of its sequence), merged by log-sum-exp."""
-    o_sh, lse_sh = attend(q.unsqueeze(0), kbuf[fb.shared_kv].unsqueeze(0),
-                          vbuf[fb.shared_kv].unsqueeze(0), scale)
+    o_sh, lse_sh = attend(q.unsqueeze(0), gather(kbuf, fb.shared_kv).unsqueeze(0),
+                          gather(vbuf, fb.shared_kv).unsqueeze(0), scale)
     o_sh, lse_sh = o_sh[0], lse_sh[0]  # (T, n_q, hd), (T, n_q)
     o_own, lse_own = torch.empty_like(q), torch.empty_like(lse_sh)
     if fb.padded_kv_indices is not None:  # the one-token requests, in one padded call
         rows = fb.padded_rows if fb.padded_rows is not None else slice(None)
         idx = fb.padded_kv_indices  # (b, L_own)
-        o, lse = attend(q[rows].unsqueeze(1), kbuf[idx], vbuf[idx], scale, fb.kv_mask[:, 0])
+        o, lse = attend(q[rows].unsqueeze(1), gather(kbuf, idx), gather(vbuf, idx), scale,
+                        fb.kv_mask[:, 0])
         o_own[rows], lse_own[rows] = o[:, 0], lse[:, 0]
     if fb.ext_q_rows is not None:  # the extending requests, padded into one call
         idx = fb.ext_kv
-        o, lse = attend(q[fb.ext_q_rows], kbuf[idx], vbuf[idx], scale, fb.ext_mask)
+        o, lse = attend(q[fb.ext_q_rows], gather(kbuf, idx), gather(vbuf, idx), scale,
+                        fb.ext_mask)
         rows = fb.ext_q_rows[fb.ext_valid]
         o_own[rows], lse_own[rows] = o[fb.ext_valid], lse[fb.ext_valid]
     lse = torch.logaddexp(lse_sh, lse_own)

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-
 from sglc_runtime import attention
 from sglc_runtime.attention import attend, paged_attention
 from sglc_runtime.forward_batch import MIN_SHARED_PREFIX, build_forward_batch
@@ -87,7 +86,7 @@ def test_cascade_equals_per_request_attention(contiguous_prefix, extend_lens):
 
 
 def test_no_cascade_when_prefixes_differ_or_are_short():
-    pool, table, reqs, free = _setup(True, seed=0)
+    _, table, reqs, free = _setup(True, seed=0)
     table[2, 5] = free[-1]  # request 2 diverges at position 5: common prefix < minimum
     fb = build_forward_batch(table, True, reqs, [1] * 4, torch.tensor(free[:4]), "cpu")
     assert fb.shared_len == 0

@@ -82,7 +82,8 @@ def test_greedy_matches_hf_with_cascade_attention(engine, hf_model, monkeypatch)
     real = attention._cascade
     monkeypatch.setattr(attention, "_cascade", lambda *a: calls.append(1) or real(*a))
     prompts = [LONG_SHARED + f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
-               for q in ["What is 2+2?", "Name a color.", "Who wrote Hamlet?", "Why is the sky blue?"]]
+               for q in ["What is 2+2?", "Name a color.", "Who wrote Hamlet?",
+                         "Why is the sky blue?"]]
     ids = [engine.tokenizer.encode(p) for p in prompts]
     assert len(engine.tokenizer.encode(LONG_SHARED)) > MIN_SHARED_PREFIX
     engine.flush_cache()

@@ -10,8 +10,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from sglc_runtime.kernels.decode_attention import (  # noqa: E402
-    decode_attention, decode_attention_ref)
+from sglc_runtime.kernels.decode_attention import decode_attention, decode_attention_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

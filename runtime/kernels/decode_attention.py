@@ -26,7 +26,7 @@ def decode_attention_ref(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tens
                          scale: float) -> torch.Tensor:
     """q: (b, n_q, hd); k_buf, v_buf: (slots, n_kv, hd); kv_indices: (b, L) slot of each
     position (entries past kv_lens[i] are ignored); kv_lens: (b,). Returns (b, n_q, hd)."""
-    b, n_q, hd = q.shape
+    b, n_q, _ = q.shape
     group = n_q // k_buf.shape[1]
     out = torch.empty_like(q)
     for i in range(b):
