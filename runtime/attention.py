@@ -140,8 +140,8 @@ def _cascade(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
     if fb.padded_kv_indices is not None:  # the one-token requests, in one padded call
         rows = fb.padded_rows if fb.padded_rows is not None else slice(None)
         idx = fb.padded_kv_indices  # (b, L_own)
-        o, lse = attend(q[rows].unsqueeze(1), gather(kbuf, idx), gather(vbuf, idx), scale,
-                        fb.kv_mask[:, 0])
+        mask = None if fb.kv_mask is None else fb.kv_mask[:, 0]
+        o, lse = attend(q[rows].unsqueeze(1), gather(kbuf, idx), gather(vbuf, idx), scale, mask)
         o_own[rows], lse_own[rows] = o[:, 0], lse[:, 0]
     if fb.ext_q_rows is not None:  # the extending requests, padded into one call
         idx = fb.ext_kv

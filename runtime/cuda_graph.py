@@ -56,7 +56,7 @@ class CudaGraphRunner:
         self.kv_indices[:bs, :L].zero_()
         self.kv_indices[:b, :cur] = fb.padded_kv_indices
         self.kv_mask[:bs, ..., :L].zero_()
-        self.kv_mask[:b, ..., :cur] = fb.kv_mask
+        self.kv_mask[:b, ..., :cur] = True if fb.kv_mask is None else fb.kv_mask
         self.kv_mask[b:bs, ..., 0] = True  # padding rows attend the scratch slot
         self.kv_lens[:bs].fill_(1)
         self.kv_lens[:b] = fb.kv_lens

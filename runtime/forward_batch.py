@@ -34,7 +34,7 @@ class ForwardBatch:
     # requests adding one token (all of a decode batch; in a mixed extend batch, the running
     # requests decoding alongside the extends) attend through one padded batched call:
     padded_kv_indices: torch.Tensor | None = None  # (b, max_len) their slots, 0-padded
-    kv_mask: torch.Tensor | None = None  # (b, 1, 1, max_len) True where valid
+    kv_mask: torch.Tensor | None = None  # (b, 1, 1, max_len) True where valid; None: all
     kv_lens: torch.Tensor | None = None  # (b,) valid entries per row of padded_kv_indices
     triton_decode: bool = False  # the padded call runs the Triton kernel (kernels/)
     padded_rows: torch.Tensor | None = None  # extend batch: their flat rows (None: all rows)
@@ -110,14 +110,15 @@ def build_forward_batch(table: torch.Tensor, is_decode: bool, reqs, extend_lens:
             fb.shared_kv = slice(first, first + S)
     single = [i for i, n in enumerate(extend_lens) if n == 1]
     if is_decode or len(single) > 1:
-        own_lens = torch.tensor([prefix_lens[i] + 1 - S for i in single], device=device)
-        max_len = int(own_lens.max())
+        lens = [prefix_lens[i] + 1 - S for i in single]
+        max_len = max(lens)
+        fb.kv_lens = torch.tensor(lens, device=device)
         rows = torch.tensor([reqs[i].row for i in single], device=device)
-        ar = torch.arange(max_len, device=device)
-        mask = ar.unsqueeze(0) < own_lens.unsqueeze(1)  # (b, L)
-        fb.padded_kv_indices = table[rows, S:S + max_len] * mask
-        fb.kv_mask = mask[:, None, None, :]
-        fb.kv_lens = own_lens
+        fb.padded_kv_indices = table[rows, S:S + max_len]
+        if min(lens) < max_len:  # rows of equal length (batch 1 always) need no mask
+            mask = torch.arange(max_len, device=device).unsqueeze(0) < fb.kv_lens.unsqueeze(1)
+            fb.padded_kv_indices = fb.padded_kv_indices * mask  # (b, L), padding reads slot 0
+            fb.kv_mask = mask[:, None, None, :]
         if not is_decode:
             fb.padded_rows = torch.tensor([offsets[i] for i in single], device=device)
             fb.in_padded = [n == 1 for n in extend_lens]
