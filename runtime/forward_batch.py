@@ -80,7 +80,8 @@ def _pad_cascade_extends(fb: ForwardBatch, offsets: list[int], device) -> None:
 
 
 def build_forward_batch(table: torch.Tensor, is_decode: bool, reqs, extend_lens: list[int],
-                        out_cache_loc: torch.Tensor, device, cascade: bool = True) -> ForwardBatch:
+                        out_cache_loc: torch.Tensor, device, cascade: bool = True,
+                        triton_decode: bool = False) -> ForwardBatch:
     """Write the new tokens' slots into `table` (req_to_token) and lay the batch out flat.
 
     `reqs` need `row` (their table row), `kv_len` (positions already in the KV pool) and
@@ -101,7 +102,7 @@ def build_forward_batch(table: torch.Tensor, is_decode: bool, reqs, extend_lens:
                                        zip(reqs, extend_lens, prefix_lens)]
     fb = ForwardBatch(is_decode, torch.tensor(ids, device=device),
                       torch.tensor(pos, device=device), out_cache_loc.to(device), prefix_lens,
-                      list(extend_lens), kv_indices)
+                      list(extend_lens), kv_indices, triton_decode=triton_decode)
     if S:
         fb.shared_len, fb.shared_kv = S, table[reqs[0].row, :S]
         first = int(fb.shared_kv[0])

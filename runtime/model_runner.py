@@ -104,8 +104,7 @@ class ModelRunner:
     def build_batch(self, is_decode: bool, reqs, extend_lens: list[int],
                     out_cache_loc: torch.Tensor) -> ForwardBatch:
         """Write new slots into req_to_token and lay the batch out flat."""
-        fb = build_forward_batch(self.req_pool.req_to_token, is_decode, reqs, extend_lens,
-                                 out_cache_loc, self.cfg.device,
-                                 cascade=not self.cfg.disable_cascade_attention)
-        fb.triton_decode = self.triton_decode
-        return fb
+        return build_forward_batch(self.req_pool.req_to_token, is_decode, reqs, extend_lens,
+                                   out_cache_loc, self.cfg.device,
+                                   cascade=not self.cfg.disable_cascade_attention,
+                                   triton_decode=self.triton_decode)
