@@ -29,6 +29,10 @@ class TokenToKVPool:
     def num_free(self) -> int:
         return self._num_free
 
+    def free_slots(self) -> torch.Tensor:
+        """The free slot indices (a view; for invariant checks)."""
+        return self._free[:self._num_free]
+
     def alloc(self, n: int) -> torch.Tensor | None:
         if n > self._num_free:
             return None

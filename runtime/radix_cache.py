@@ -5,7 +5,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from abc import ABC, abstractmethod
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -106,6 +107,20 @@ class PrefixCache(ABC):
     @abstractmethod
     def check_invariants(self) -> None:
         """Assert the counters equal a full recount and the tree is well formed."""
+
+    def all_slots(self) -> torch.Tensor:
+        """Every slot the tree holds, (total_size(),) int64 on the CPU (for invariant checks)."""
+        values = [n.value.cpu() for n in self._nodes()]
+        return torch.cat(values) if values else torch.empty(0, dtype=torch.int64)
+
+    def _nodes(self) -> list[TreeNode]:
+        """Every non-root node, parents before children."""
+        out, stack = [], list(self.root.children.values())
+        while stack:
+            node = stack.pop()
+            out.append(node)
+            stack.extend(node.children.values())
+        return out
 
     @abstractmethod
     def pretty_print(self) -> str:
@@ -217,15 +232,6 @@ class RadixCache(PrefixCache):
         return "\n".join(lines)
 
     # ---- internals ----
-
-    def _nodes(self) -> list[TreeNode]:
-        """Every non-root node, parents before children."""
-        out, stack = [], list(self.root.children.values())
-        while stack:
-            node = stack.pop()
-            out.append(node)
-            stack.extend(node.children.values())
-        return out
 
     def _walk(self, key: list[int]) -> tuple[TreeNode, list[torch.Tensor]]:
         """Follow `key` down the tree, refreshing last-access and splitting the node the match

@@ -56,13 +56,20 @@ class Scheduler:
         return self.req_pool.req_to_token[req.row, :req.kv_len]
 
     def check_invariants(self) -> None:
-        """free + cached + owned by running requests == pool size (tests call this each step)."""
+        """Every slot 1..size has exactly one owner: the free list, the prefix cache, or one
+        running request (its positions num_cached..kv_len). Tests call this after each step."""
         self.cache.check_invariants()
         owned = sum(r.kv_len - r.num_cached for r in self.running)
         total = self.kv_pool.num_free() + self.cache.total_size() + owned
         assert total == self.kv_pool.size, (
             f"KV slots leaked: free {self.kv_pool.num_free()} + cached {self.cache.total_size()} "
             f"+ owned {owned} = {total} != {self.kv_pool.size}")
+        parts = [self.kv_pool.free_slots(), self.cache.all_slots()] + \
+            [self.req_pool.req_to_token[r.row, r.num_cached:r.kv_len].cpu() for r in self.running]
+        owners = torch.bincount(torch.cat(parts), minlength=self.kv_pool.size + 1)
+        assert owners[0] == 0 and bool((owners[1:] == 1).all()), (
+            f"KV slots with no owner or several: "
+            f"{(owners[1:] != 1).nonzero().squeeze(1)[:8].add(1).tolist()}")
 
     def _available(self) -> int:
         return self.kv_pool.num_free() + self.cache.evictable_size()

@@ -73,9 +73,10 @@ class FakeBackend(BaseBackend):
 @pytest.fixture
 def fake():
     backend = FakeBackend()
+    before = sgl.get_default_backend()  # the session's runtime fixture may have set one
     sgl.set_default_backend(backend)
     yield backend
-    sgl.set_default_backend(None)
+    sgl.set_default_backend(before)
 
 
 # ---- primitives ---------------------------------------------------------------------------------
