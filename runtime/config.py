@@ -81,6 +81,8 @@ class EngineConfig:
     attention_backend: str = "auto"
     disable_cuda_graph: bool = False  # on CUDA, replay decode steps as graphs (cuda_graph.py)
     cuda_graph_max_bs: int = 160  # larger decode batches run eagerly
+    # on the CPU, linears call oneDNN with weights reordered once at load (packed_linear.py)
+    disable_prepacked_linear: bool = False
     context_length: int | None = None
     num_threads: int | None = None
     check_invariants: bool = False  # verify KV accounting after every step (tests)

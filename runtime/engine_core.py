@@ -89,8 +89,10 @@ class EngineCore:
                 sample_rows.append(len(rows))
                 rows.append(offset + n - 1)
             offset += n
+        every_row = len(rows) == fb.input_ids.numel()  # (rows is then 0..T-1: decode)
         logits = self.runner.forward(
-            fb, torch.tensor(rows, dtype=torch.long, device=fb.input_ids.device))
+            fb, None if every_row else torch.tensor(rows, dtype=torch.long,
+                                                    device=fb.input_ids.device))
         self._committed = True
         for r, n in zip(batch.reqs, batch.extend_lens):
             if batch.is_decode:
@@ -106,7 +108,9 @@ class EngineCore:
         assert len(to_sample) == len(sample_rows)
         self._stats(batch)
         if to_sample:
-            self._sample(to_sample, logits[sample_rows])
+            # (R, V) is large: index only when some rows are not sampled
+            self._sample(to_sample, logits if len(sample_rows) == len(rows)
+                         else logits[sample_rows])
         return batch.reqs
 
     def _sample(self, reqs: list[Req], logits: torch.Tensor) -> None:
@@ -118,7 +122,8 @@ class EngineCore:
         if keep:
             reqs_k = [reqs[i] for i in keep]
             need_lp = any(r.return_logprob for r in reqs_k)
-            ids, lps = sample(logits[keep], reqs_k, self.eos_ids, need_lp)
+            ids, lps = sample(logits if len(keep) == len(reqs) else logits[keep], reqs_k,
+                              self.eos_ids, need_lp)
             for i, (r, t) in enumerate(zip(reqs_k, ids)):
                 try:  # a failure here is this request's alone
                     append_token(r, t, None if lps is None else lps[i], self.tokenizer,

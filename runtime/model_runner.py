@@ -26,7 +26,8 @@ def load_model(cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Tokeni
     """Resolve `cfg.model_path`, read weights and tokenizer, build the model in `cfg.dtype`.
     Engines in one process share a loaded model (inference never writes the weights)."""
     path = resolve_model_path(cfg.model_path)
-    key = (str(path.resolve()), cfg.dtype, cfg.device, cfg.quantization)
+    key = (str(path.resolve()), cfg.dtype, cfg.device, cfg.quantization,
+           cfg.disable_prepacked_linear)
     if key not in _LOADED:
         _LOADED[key] = _load(path, cfg)
     return _LOADED[key]
@@ -53,6 +54,11 @@ def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Token
         from .model.int4 import enable_int4_decode
 
         enable_int4_decode(model)
+    if cfg.device == "cpu" and not cfg.disable_prepacked_linear:
+        from .model.packed_linear import prepack_linears, prepacked_linear_available
+
+        if prepacked_linear_available():
+            prepack_linears(model)
     logger.info("loaded %s (%s, %d layers) in %.1fs as %s on %s", mcfg.name, path.name,
                 mcfg.num_hidden_layers, time.perf_counter() - t0, cfg.dtype, cfg.device)
     return mcfg, model, tok

@@ -29,6 +29,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--disable-cuda-graph", action="store_true",
                    help="on CUDA, run decode steps eagerly instead of replaying graphs")
     g.add_argument("--cuda-graph-max-bs", type=int, default=160)
+    g.add_argument("--disable-prepacked-linear", action="store_true",
+                   help="on the CPU, use torch's F.linear instead of oneDNN-packed weights")
     g.add_argument("--quantization", default=None, choices=["none", "int4"],
                    help="int4: small-batch decode reads int4 weights (CPU, faster batch-1)")
     g.add_argument("--log-level", default="warning")
@@ -46,6 +48,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 attention_backend=args.attention_backend,
                 disable_cuda_graph=args.disable_cuda_graph,
                 cuda_graph_max_bs=args.cuda_graph_max_bs,
+                disable_prepacked_linear=args.disable_prepacked_linear,
                 quantization=args.quantization)
 
 

@@ -92,3 +92,54 @@ def test_no_cascade_when_prefixes_differ_or_are_short():
     assert fb.shared_len == 0
     fb = build_forward_batch(table, True, reqs[:1], [1], torch.tensor(free[4:5]), "cpu")
     assert fb.shared_len == 0  # a single request has nothing to share
+
+
+def _batch_on_pool(dtype, extend_lens, prefix_lens, seed):
+    """A pool in `dtype` holding random K/V for requests with these cached prefix lengths, and
+    the batch adding `extend_lens` tokens to each (no shared prefix)."""
+    g = torch.Generator().manual_seed(seed)
+    pool = TokenToKVPool(600, 1, N_KV, HD, dtype, "cpu")
+    pool.k_buffer[0][1:] = torch.randn(600, N_KV, HD, generator=g).to(dtype)
+    pool.v_buffer[0][1:] = torch.randn(600, N_KV, HD, generator=g).to(dtype)
+    free = torch.randperm(600, generator=g).add(1).tolist()
+    table = torch.zeros(8, 300, dtype=torch.int64)
+    reqs = []
+    for row, p in enumerate(prefix_lens):
+        slots, free = free[:p], free[p:]
+        table[row, :p] = torch.tensor(slots, dtype=torch.int64)
+        reqs.append(SimpleNamespace(row=row, kv_len=p, fill_ids=list(range(p + 50))))
+    T = sum(extend_lens)
+    out_loc = torch.tensor(free[:T])
+    q = torch.randn(T, N_Q, HD, generator=g)
+    k, v = torch.randn(T, N_KV, HD, generator=g), torch.randn(T, N_KV, HD, generator=g)
+    fb = build_forward_batch(table, all(n == 1 for n in extend_lens), reqs, extend_lens,
+                             out_loc, "cpu", cascade=False)
+    return pool, fb, q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+@pytest.mark.parametrize("extend_lens, prefix_lens", [
+    ([1, 1, 1], [5, 140, 37]),  # decode, masked rows
+    ([1], [200]),  # one long decode row
+    ([6, 1, 9], [0, 30, 12]),  # extend (causal, over cached prefixes) with a decode row
+])
+def test_bfloat16_attention_matches_float32(extend_lens, prefix_lens, monkeypatch):
+    """bf16 on the CPU runs `attend` (matmul, float32 softmax) instead of SDPA: same result as
+    float32 SDPA to bf16 precision."""
+    outs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        pool, fb, q, k, v = _batch_on_pool(dtype, extend_lens, prefix_lens, seed=len(prefix_lens))
+        if dtype == torch.bfloat16:
+            monkeypatch.setattr(attention, "_sdpa", None)  # must not be reached in bf16
+        outs[dtype] = paged_attention(0, q, k, v, fb, pool, HD ** -0.5)
+    assert outs[torch.bfloat16].dtype == torch.bfloat16
+    torch.testing.assert_close(outs[torch.bfloat16].float(), outs[torch.float32],
+                               atol=3e-2, rtol=3e-2)
+
+
+def test_one_short_decode_row_uses_sdpa_in_bfloat16(monkeypatch):
+    pool, fb, q, k, v = _batch_on_pool(torch.bfloat16, [1], [20], seed=0)
+    calls = []
+    real = attention._sdpa
+    monkeypatch.setattr(attention, "_sdpa", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    paged_attention(0, q, k, v, fb, pool, HD ** -0.5)
+    assert calls == [1]

@@ -92,3 +92,38 @@ def test_greedy_matches_hf_with_cascade_attention(engine, hf_model, monkeypatch)
     assert calls, "the batch did not use cascade attention"
     for i, o in zip(ids, outs):
         assert o["output_ids"] == hf_greedy(hf_model, i, N_NEW)
+
+
+def test_bfloat16_logprobs_are_as_close_to_hf_as_hf_bfloat16(hf_model):
+    """The bf16 engine (the CPU default where bf16 matmul is native: packed oneDNN linears,
+    matmul attention) against float32 HF: its input-logprob error is at most twice HF's own
+    bf16 error on the same positions, and the next token is float32 HF's."""
+    from sglc_runtime.engine import Engine
+    from sglc_runtime.model_source import default_model_path
+    from transformers import AutoModelForCausalLM
+
+    path = default_model_path()
+    hf_bf16 = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                   torch_dtype=torch.bfloat16).eval()
+    eng = Engine(dtype="bfloat16", max_total_tokens=4096)
+    long = LONG_SHARED * 3 + "<|im_start|>user\nTell me about the sea.<|im_end|>\n"
+    ours_err, hf_err = [], []
+    try:
+        for prompt in PROMPTS + [long]:
+            ids = eng.tokenizer.encode(prompt)
+            r = eng.generate(input_ids=ids, sampling_params={"temperature": 0,
+                                                             "max_new_tokens": 1},
+                             return_logprob=True, logprob_start_len=0)
+            x, nxt = torch.tensor([ids]), torch.tensor(ids[1:]).unsqueeze(1)
+            with torch.no_grad():
+                ref = torch.log_softmax(hf_model(x).logits[0].float(), -1)
+                ref_bf16 = torch.log_softmax(hf_bf16(x).logits[0].float(), -1)
+            ours = torch.tensor([lp for lp, _, _ in r["meta_info"]["input_token_logprobs"][1:]])
+            truth = ref[:-1].gather(1, nxt).squeeze(1)
+            ours_err.append((ours - truth).abs())
+            hf_err.append((ref_bf16[:-1].gather(1, nxt).squeeze(1) - truth).abs())
+            assert r["output_ids"] == [int(ref[-1].argmax())], prompt
+    finally:
+        eng.shutdown()
+    ours_mean, hf_mean = torch.cat(ours_err).mean(), torch.cat(hf_err).mean()
+    assert ours_mean <= 2 * hf_mean, (float(ours_mean), float(hf_mean))

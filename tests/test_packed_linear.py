@@ -1,0 +1,60 @@
+"""oneDNN-packed CPU linears against their reference, F.linear."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sglc_runtime.model.packed_linear import (
+    PackedLinear,
+    prepack_linears,
+    prepacked_linear_available,
+)
+from torch import nn
+
+pytestmark = pytest.mark.skipif(not prepacked_linear_available(), reason="no oneDNN in torch")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 5, 64, 300])
+def test_packed_matches_f_linear(dtype, rows):
+    g = torch.Generator().manual_seed(rows)
+    lin = nn.Linear(576, 960, bias=False).to(dtype)
+    x = torch.randn(rows, 576, generator=g).to(dtype)
+    ref, out = F.linear(x, lin.weight), PackedLinear(lin)(x)
+    assert out.dtype == dtype and out.shape == (rows, 960)
+    if dtype == torch.bfloat16:  # the same oneDNN kernel F.linear reaches, minus the reorder
+        assert torch.equal(out, ref)
+    else:  # another float32 kernel: equal within rounding
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_row_does_not_depend_on_the_batch(dtype):
+    # batch-invariance: greedy text must not change with what else runs in the step
+    lin = PackedLinear(nn.Linear(576, 1536, bias=False).to(dtype))
+    x = torch.randn(200, 576).to(dtype)
+    full = lin(x)
+    for rows in (1, 3, 8, 64):
+        assert torch.equal(lin(x[:rows]), full[:rows]), rows
+
+
+def test_prepack_keeps_a_tied_weight_and_drops_the_rest():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(50, 32)
+            self.proj = nn.Linear(32, 32, bias=False)
+            self.head = nn.Linear(32, 50, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, ids):
+            return self.head(self.proj(self.embed(ids)))
+
+    model = Tiny().eval()
+    ids = torch.tensor([1, 7, 49])
+    with torch.no_grad():
+        ref = model(ids)
+        assert prepack_linears(model) == 2
+        out = model(ids)
+    assert isinstance(model.proj, PackedLinear) and model.proj.weight is None
+    assert model.head.weight is model.embed.weight  # the embedding still reads it
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
