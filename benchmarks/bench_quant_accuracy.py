@@ -84,7 +84,7 @@ def kernel_speed() -> dict:
 
 def main():
     sp = {"temperature": 0, "max_new_tokens": N_NEW, "ignore_eos": True}
-    eng = Engine(dtype="float32")
+    eng = Engine(dtype="float32", disable_prepacked_linear=True)  # fake-quant needs .weight
     ids = [eng.tokenizer.encode(p) for p in PROMPTS]
     ref = [o["output_ids"] for o in eng.generate(input_ids=ids, sampling_params=sp)]
     slots = projections(eng.core.runner.model)
@@ -107,13 +107,17 @@ def main():
     for (mod, attr), lin in zip(slots, originals):
         setattr(mod, attr, lin)
     eng.shutdown()
-    eng4 = Engine(dtype="float32", quantization="int4")
-    out = [eng4.generate(input_ids=i, sampling_params=sp)["output_ids"] for i in ids]  # batch 1
-    eng4.shutdown()
-    d = divergence(ref, out)
-    results["sglc int4 small-batch (shipped, opt-in)"] = {
-        "first_divergence": d, "mean_first_divergence": sum(d) / len(d),
-        "identical": sum(x == N_NEW for x in d)}
+    engines = {"sglc int4 small-batch (shipped, opt-in)": dict(dtype="float32",
+                                                                quantization="int4"),
+               "sglc bf16 (CPU default with native bf16)": dict(dtype="bfloat16"),
+               "sglc bf16 + int4 small-batch": dict(dtype="bfloat16", quantization="int4")}
+    for name, kw in engines.items():
+        other = Engine(**kw)
+        out = [other.generate(input_ids=i, sampling_params=sp)["output_ids"] for i in ids]  # b=1
+        other.shutdown()
+        d = divergence(ref, out)
+        results[name] = {"first_divergence": d, "mean_first_divergence": sum(d) / len(d),
+                         "identical": sum(x == N_NEW for x in d)}
     llm = load_llama_cpp()
     if llm is not None:  # the peer: Q4_1 weights times int8 (Q8_1) activations
         out = []

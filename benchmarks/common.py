@@ -79,7 +79,8 @@ def bar_plot(path: Path, title: str, groups: dict[str, dict[str, float]], ylabel
     for ax, (metric, vals) in zip(axes, groups.items()):
         names = list(vals)
         bars = ax.bar(names, [vals[n] for n in names],
-                      color=["#3b7dd8", "#8fb5ea", "#e0823d", "#5aa469", "#b65fcf"][:len(names)])
+                      color=["#3b7dd8", "#8fb5ea", "#c9dbf5", "#6f8fb8", "#e0823d", "#5aa469",
+                             "#b65fcf"][:len(names)])
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set_title(metric, fontsize=10)
         ax.set_ylabel(ylabel)

@@ -24,7 +24,7 @@ def main():
     ap.add_argument("--shared", type=int, default=0)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--quantization", default=None)
+    ap.add_argument("--quantization", default="auto")
     ap.add_argument("--rows", type=int, default=25, help="profiler table rows")
     args = ap.parse_args()
 

@@ -87,9 +87,10 @@ class EngineConfig:
     num_threads: int | None = None
     check_invariants: bool = False  # verify KV accounting after every step (tests)
     # "int4": batches of <= 8 rows read int4 copies of the weights (CPU decode is bound by
-    # memory traffic; ~2x faster at batch 1, but results then depend on batch size).
-    # None: exact float weights only (the default: temperature-0 text is batch-invariant).
-    quantization: str | None = None
+    # memory traffic; ~2x faster at batch 1; results then depend on batch size).
+    # None: float weights only. "auto": int4 on the CPU in bfloat16 when the checkpoint's
+    # projections already are 4-bit group-32 blocks (model_runner.resolve_quantization).
+    quantization: str | None = "auto"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -117,9 +118,11 @@ class EngineConfig:
             raise InvalidRequestError("attention_backend='triton' needs device='cuda'")
         if self.quantization in ("none", ""):
             self.quantization = None
-        if self.quantization not in (None, "int4"):
-            raise InvalidRequestError(f"quantization must be none or int4, got "
+        if self.quantization not in (None, "int4", "auto"):
+            raise InvalidRequestError(f"quantization must be auto, none or int4, got "
                                       f"{self.quantization!r}")
+        if self.quantization == "auto" and self.device != "cpu":
+            self.quantization = None
         if self.quantization == "int4":
             from .model.int4 import int4_available
 

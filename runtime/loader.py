@@ -91,6 +91,25 @@ def load_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], object]
     return cfg, weights, reader
 
 
+_PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+_GROUP32_4BIT = ("Q4_0", "Q4_1", "Q4_K")  # every 32 weights share one scale and offset
+
+
+def gguf_projections_are_4bit(path: Path) -> bool:
+    """Whether every decoder projection of a GGUF file is stored in a 4-bit format whose
+    weights are `scale * code + offset` per group of 32 (int4.quantize_int4 then reproduces
+    the codes exactly: repacking them loses nothing)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:
+        raise ModelLoadError(f"{path} is not a readable GGUF file: {e}") from e
+    types = [t.tensor_type.name for t in reader.tensors
+             if t.name.startswith("blk.") and t.name.split(".")[2] in _PROJECTIONS]
+    return bool(types) and all(t in _GROUP32_4BIT for t in types)
+
+
 def _dequant_cache_path(path: Path) -> Path:
     """Dequantizing in numpy takes ~20 s; the float32 result is cached beside other models,
     keyed by the GGUF file's identity (path, size, mtime)."""

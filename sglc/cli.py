@@ -31,8 +31,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cuda-graph-max-bs", type=int, default=160)
     g.add_argument("--disable-prepacked-linear", action="store_true",
                    help="on the CPU, use torch's F.linear instead of oneDNN-packed weights")
-    g.add_argument("--quantization", default=None, choices=["none", "int4"],
-                   help="int4: small-batch decode reads int4 weights (CPU, faster batch-1)")
+    g.add_argument("--quantization", default="auto", choices=["auto", "none", "int4"],
+                   help="int4: small-batch decode reads int4 weights (CPU, faster batch-1); "
+                        "auto: int4 in bfloat16 when the GGUF's projections are 4-bit already")
     g.add_argument("--log-level", default="warning")
 
 

@@ -72,3 +72,36 @@ def test_bad_engine_arguments():
         Engine(schedule_policy="random")
     with pytest.raises(InvalidRequestError, match="dtype"):
         Engine(dtype="float8")
+
+
+def test_auto_quantization_uses_the_gguf_4bit_codes_only_in_bfloat16(tmp_path):
+    """quantization='auto' (the default) turns on int4 small-batch decode only on the CPU in
+    bfloat16 and only for a GGUF whose projections already are 4-bit group-32 blocks."""
+    import gguf
+    import numpy as np
+
+    from sglc_runtime.config import EngineConfig
+    from sglc_runtime.loader import gguf_projections_are_4bit
+    from sglc_runtime.model.int4 import int4_available
+    from sglc_runtime.model_runner import resolve_quantization
+    from sglc_runtime.model_source import default_model_path
+
+    gguf_path = default_model_path()  # SmolLM2: Q4_1 projections
+    assert gguf_projections_are_4bit(gguf_path)
+    bf16 = EngineConfig(dtype="bfloat16", device="cpu")
+    assert resolve_quantization(gguf_path, bf16) == ("int4" if int4_available() else None)
+    assert resolve_quantization(gguf_path, EngineConfig(dtype="float32", device="cpu")) is None
+    assert resolve_quantization(gguf_path, EngineConfig(dtype="bfloat16",
+                                                        quantization=None)) is None
+    assert resolve_quantization(tmp_path, bf16) is None  # a HF folder: float weights
+    # a GGUF with 8-bit projections keeps its float weights
+    w = gguf.GGUFWriter(str(tmp_path / "q8.gguf"), "llama")
+    data = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    w.add_tensor("blk.0.attn_q.weight", gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
+                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert not gguf_projections_are_4bit(tmp_path / "q8.gguf")
+    assert resolve_quantization(tmp_path / "q8.gguf", bf16) is None

@@ -78,11 +78,13 @@ class Bf16DecodeLinear(nn.Module):
 
 
 def enable_int4_decode(model: nn.Module, max_rows: int = 8) -> None:
-    """Swap the decoder's projections (and the LM head, in bf16) for the small-batch paths."""
+    """Swap the decoder's projections for the small-batch int4 paths, and a float32 model's LM
+    head for a bf16 copy (a bf16 model's head is bf16 already)."""
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         attn.qkv_proj = Int4DecodeLinear(attn.qkv_proj, max_rows)
         attn.o_proj = Int4DecodeLinear(attn.o_proj, max_rows, bf16_out=True)
         mlp.gate_up_proj = Int4DecodeLinear(mlp.gate_up_proj, max_rows, bf16_out=True)
         mlp.down_proj = Int4DecodeLinear(mlp.down_proj, max_rows, bf16_out=True)
-    model.lm_head = Bf16DecodeLinear(model.lm_head, max_rows)
+    if model.lm_head.weight.dtype != torch.bfloat16:
+        model.lm_head = Bf16DecodeLinear(model.lm_head, max_rows)

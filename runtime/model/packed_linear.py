@@ -5,7 +5,7 @@ sends float32 to MKL, whose AVX-512 code paths do not run on AMD CPUs. Calling o
 with a weight reordered once (`mkldnn._reorder_linear_weight` + `mkldnn._linear_pointwise`, the
 pair inductor's CPU freezing uses) measured, on an AVX-512-bf16 AMD CPU at the default model's
 shapes: bfloat16 1.5-3x faster at 1-64 rows and bit-identical to `F.linear`; float32 2-4x
-faster, equal within float32 rounding (`python benchmarks/bench_linear.py`, linear_cpu.json).
+faster, equal within float32 rounding (`python benchmarks/bench_cpu_ops.py`, cpu_ops.json).
 
 `F.linear(x, weight)` is the reference of what `PackedLinear` computes.
 """
