@@ -3,9 +3,11 @@
 torch's own CPU `F.linear` hands a bfloat16 weight to oneDNN in plain layout on every call, and
 sends float32 to MKL, whose AVX-512 code paths do not run on AMD CPUs. Calling oneDNN directly
 with a weight reordered once (`mkldnn._reorder_linear_weight` + `mkldnn._linear_pointwise`, the
-pair inductor's CPU freezing uses) measured, on an AVX-512-bf16 AMD CPU at the default model's
-shapes: bfloat16 1.5-3x faster at 1-64 rows and bit-identical to `F.linear`; float32 2-4x
-faster, equal within float32 rounding (`python benchmarks/bench_cpu_ops.py`, cpu_ops.json).
+pair inductor's CPU freezing uses) measured, on an AVX-512-bf16 AMD CPU over the default model's
+four projections and LM head: bfloat16 1.5x faster at 1-8 rows, 1.2x at 64, bit-identical to
+`F.linear`; float32 2.1-4.9x faster, equal within float32 rounding, and unlike torch's float32
+path a row's result does not depend on how many rows share the call
+(`python benchmarks/bench_cpu_ops.py`, cpu_ops.json).
 
 `F.linear(x, weight)` is the reference of what `PackedLinear` computes.
 """
