@@ -27,7 +27,7 @@ _CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SD
 def use_sdpa(q: torch.Tensor) -> bool:
     """SDPA for float32 and on CUDA; `attend` (matmul, float32 softmax) for 16-bit floats on the
     CPU, where SDPA's flash kernel is slow: measured on an AVX-512-bf16 CPU, bf16, 64 decode rows
-    over 80 keys 2.0 ms vs 0.40 ms, a 512-token causal prefill 4.1 ms vs 2.6 ms; in float32
+    over 80 keys 2.2 ms vs 0.60 ms, a 512-token causal prefill 4.1 ms vs 2.8 ms; in float32
     SDPA is faster (`python benchmarks/bench_cpu_ops.py`, cpu_ops.json)."""
     return q.is_cuda or q.dtype == torch.float32
 

@@ -4,8 +4,8 @@ torch's own CPU `F.linear` hands a bfloat16 weight to oneDNN in plain layout on 
 sends float32 to MKL, whose AVX-512 code paths do not run on AMD CPUs. Calling oneDNN directly
 with a weight reordered once (`mkldnn._reorder_linear_weight` + `mkldnn._linear_pointwise`, the
 pair inductor's CPU freezing uses) measured, on an AVX-512-bf16 AMD CPU over the default model's
-four projections and LM head: bfloat16 1.5x faster at 1-8 rows, 1.2x at 64, bit-identical to
-`F.linear`; float32 2.1-4.9x faster, equal within float32 rounding, and unlike torch's float32
+four projections and LM head: bfloat16 1.7-2.0x faster at 1-8 rows, 1.3x at 64, bit-identical
+to `F.linear`; float32 2.1-3.5x faster, equal within float32 rounding, and unlike torch's float32
 path a row's result does not depend on how many rows share the call
 (`python benchmarks/bench_cpu_ops.py`, cpu_ops.json).
 
