@@ -86,8 +86,8 @@ class EngineConfig:
     context_length: int | None = None
     num_threads: int | None = None
     check_invariants: bool = False  # verify KV accounting after every step (tests)
-    # "int4": batches of <= 8 rows read int4 copies of the weights (CPU decode is bound by
-    # memory traffic; ~2x faster at batch 1; results then depend on batch size).
+    # "int4": batches of <= 4 rows (8 in float32) read int4 copies of the weights (CPU decode is
+    # bound by memory traffic; ~1.7x faster at batch 1; results then depend on batch size).
     # None: float weights only. "auto": int4 on the CPU in bfloat16 when the checkpoint's
     # projections already are 4-bit group-32 blocks (model_runner.resolve_quantization).
     quantization: str | None = "auto"
