@@ -2,7 +2,8 @@
 # Every benchmark at full size, one after another on a quiet machine (results/ holds the output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python benchmarks/bench_engine.py
+python benchmarks/bench_engine.py --repeats 5
+python benchmarks/bench_cpu_ops.py
 python benchmarks/bench_quant_accuracy.py
 python benchmarks/bench_constrained.py
 python benchmarks/bench_fsm.py --repeats 5
