@@ -107,10 +107,10 @@ def main():
     for (mod, attr), lin in zip(slots, originals):
         setattr(mod, attr, lin)
     eng.shutdown()
-    engines = {"sglc int4 small-batch (shipped, opt-in)": dict(dtype="float32",
-                                                                quantization="int4"),
-               "sglc bf16 (CPU default with native bf16)": dict(dtype="bfloat16"),
-               "sglc bf16 + int4 small-batch": dict(dtype="bfloat16", quantization="int4")}
+    engines = {"sglc fp32 + int4 small-batch": dict(dtype="float32", quantization="int4"),
+               "sglc bf16 dense": dict(dtype="bfloat16", quantization=None),
+               "sglc bf16 + int4 small-batch (CPU default)": dict(dtype="bfloat16",
+                                                                  quantization="int4")}
     for name, kw in engines.items():
         other = Engine(**kw)
         out = [other.generate(input_ids=i, sampling_params=sp)["output_ids"] for i in ids]  # b=1
