@@ -134,31 +134,28 @@ def _extend(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
         out[fb.padded_rows] = _decode(q[fb.padded_rows], kbuf, vbuf, fb, scale)
     start = 0
     for i, (prefix, ext, idx) in enumerate(zip(fb.prefix_lens, fb.extend_lens, fb.kv_indices)):
-        if fb.in_padded is not None and fb.in_padded[i]:
-            start += ext
-            continue
-        if not use_sdpa(q):
-            # query i (absolute position prefix+i) sees keys 0..prefix+i
-            mask = torch.ones(ext, prefix + ext, dtype=torch.bool, device=q.device).tril(prefix)
-            o, _ = attend(q[start:start + ext].unsqueeze(0), gather(kbuf, idx).unsqueeze(0),
-                          gather(vbuf, idx).unsqueeze(0), scale, mask[None], need_lse=False)
-            out[start:start + ext] = o[0]
-            start += ext
-            continue
-        qi = q[start:start + ext].transpose(0, 1).unsqueeze(0)  # (1, n_q, ext, hd)
-        keys = gather(kbuf, idx).transpose(0, 1).unsqueeze(0)  # (1, n_kv, prefix+ext, hd)
-        vals = gather(vbuf, idx).transpose(0, 1).unsqueeze(0)
-        if prefix == 0:
-            o = _sdpa(qi, keys, vals, is_causal=True, scale=scale,
-                                               enable_gqa=True)
-        else:
-            # query i (absolute position prefix+i) sees keys 0..prefix+i
-            mask = torch.ones(ext, prefix + ext, dtype=torch.bool, device=q.device).tril(prefix)
-            o = _sdpa(qi, keys, vals, attn_mask=mask, scale=scale,
-                                               enable_gqa=True)
-        out[start:start + ext] = o.squeeze(0).transpose(0, 1)  # (ext, n_q, hd)
+        if fb.in_padded is None or not fb.in_padded[i]:
+            out[start:start + ext] = _causal(q[start:start + ext], gather(kbuf, idx),
+                                             gather(vbuf, idx), prefix, scale)
         start += ext
     return out
+
+
+def _causal(q, keys, vals, prefix: int, scale: float) -> torch.Tensor:
+    """One request's new tokens q: (ext, n_q, hd) over its keys and values
+    (prefix + ext, n_kv, hd): query i (absolute position prefix+i) sees keys 0..prefix+i."""
+    ext = q.shape[0]
+    sdpa = use_sdpa(q)
+    mask = None if sdpa and prefix == 0 else \
+        torch.ones(ext, prefix + ext, dtype=torch.bool, device=q.device).tril(prefix)
+    if not sdpa:
+        o, _ = attend(q.unsqueeze(0), keys.unsqueeze(0), vals.unsqueeze(0), scale, mask[None],
+                      need_lse=False)
+        return o[0]
+    causal = {"is_causal": True} if mask is None else {"attn_mask": mask}
+    o = _sdpa(q.transpose(0, 1).unsqueeze(0), keys.transpose(0, 1).unsqueeze(0),
+              vals.transpose(0, 1).unsqueeze(0), scale=scale, enable_gqa=True, **causal)
+    return o.squeeze(0).transpose(0, 1)  # (ext, n_q, hd)
 
 
 def _cascade(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
