@@ -15,7 +15,7 @@ import torch
 from .config import EngineConfig
 from .engine_core import EngineCore
 from .errors import EngineClosedError, InvalidRequestError, RequestAbortedError, SglcError
-from .outputs import make_result
+from .outputs import make_result, progress_meta
 from .request import Req, ReqStatus
 from .sampling_params import SamplingParams
 
@@ -269,7 +269,7 @@ class Engine:
                     yield result
                     return
                 if piece:
-                    yield {"text": piece, "meta_info": {"id": str(r.rid)}}
+                    yield {"text": piece, "meta_info": progress_meta(r)}
         finally:
             if not req.finished:
                 self.abort(req)  # the caller closed the stream early
@@ -315,7 +315,7 @@ class Engine:
                 kind, text, req = await q.get()
                 if kind == "chunk":
                     if len(text) > sent:
-                        yield {"text": text[sent:], "meta_info": {"id": str(req.rid)}}
+                        yield {"text": text[sent:], "meta_info": progress_meta(req)}
                         sent = len(text)
                     continue
                 result = self._check(req)

@@ -64,16 +64,25 @@ def append_token(req: Req, token: int, logprobs: torch.Tensor | None, tok: Token
 
 
 def check_stop_strings(req: Req, prev_len: int) -> bool:
-    """Finish `req` if a stop string ends in the text added after `prev_len` characters."""
+    """Finish `req` if a stop string (or a `stop_regex` match) ends in the text added after
+    `prev_len` characters."""
     p = req.params
     for s in p.stop_strs:
         at = req.text.find(s, max(0, prev_len - len(s) + 1))
         if at >= 0:
-            if not p.no_stop_trim:
-                req.text = req.text[:at]
-            finish(req, {"type": "stop", "matched": s}, keep_text=True)
-            return True
+            return _stop_at(req, at, s)
+    for pat in p.stop_patterns:  # a match may start anywhere, so search the whole output
+        m = pat.search(req.text)
+        if m is not None and m.end() > prev_len:
+            return _stop_at(req, m.start(), pat.pattern)
     return False
+
+
+def _stop_at(req: Req, at: int, matched: str) -> bool:
+    if not req.params.no_stop_trim:
+        req.text = req.text[:at]
+    finish(req, {"type": "stop", "matched": matched}, keep_text=True)
+    return True
 
 
 def update_text(req: Req, tok: Tokenizer) -> None:
@@ -111,3 +120,14 @@ def make_result(req: Req) -> dict:
         lps = [lp for lp, _, _ in req.input_token_logprobs if lp is not None]
         meta["normalized_prompt_logprob"] = sum(lps) / len(lps) if lps else 0.0
     return {"text": req.text, "output_ids": list(req.output_ids), "meta_info": meta}
+
+
+def progress_meta(req: Req) -> dict:
+    """A streamed chunk's meta_info: the output so far (logprob lists are cumulative, as in the
+    final result, so a reader slices off what it has already seen)."""
+    meta = {"id": str(req.rid), "completion_tokens": len(req.output_ids)}
+    if req.return_logprob:
+        meta["output_token_logprobs"] = list(req.output_token_logprobs)
+        if req.top_logprobs_num:
+            meta["output_top_logprobs"] = list(req.output_top_logprobs)
+    return meta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 
 from .errors import InvalidRequestError
@@ -32,11 +33,14 @@ class SamplingParams:
     dtype: str | None = None
     choices: list[str] | None = None
     seed: int | None = None
+    stop_regex: str | list[str] | None = None
     stop_strs: list[str] = field(default_factory=list, init=False, repr=False)
+    stop_patterns: list[re.Pattern] = field(default_factory=list, init=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: "dict | SamplingParams | None") -> "SamplingParams":
-        """Build from a dict, raising on unknown keys (named) instead of ignoring them."""
+        """Build from a dict, raising on unknown keys (named) instead of ignoring them; a key
+        whose value is None takes its default (SGLang's frontend sends unset fields as None)."""
         if d is None:
             return cls()
         if isinstance(d, SamplingParams):
@@ -49,7 +53,7 @@ class SamplingParams:
             raise InvalidRequestError(
                 f"unknown sampling parameter(s) {', '.join(map(repr, unknown))}; "
                 f"known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if v is not None})
 
     def __post_init__(self) -> None:
         def bad(name, why):
@@ -83,6 +87,14 @@ class SamplingParams:
             self.stop_strs = [s for s in self.stop if s]
         else:
             bad("stop", "must be a string or a list of strings")
+        regexes = [self.stop_regex] if isinstance(self.stop_regex, str) else self.stop_regex
+        if regexes is not None and not (isinstance(regexes, (list, tuple))
+                                        and all(isinstance(r, str) for r in regexes)):
+            bad("stop_regex", "must be a string or a list of strings")
+        try:
+            self.stop_patterns = [re.compile(r) for r in regexes or () if r]
+        except re.error as e:
+            bad("stop_regex", f"does not compile: {e}")
         if self.stop_token_ids is not None and not all(
                 isinstance(t, int) for t in self.stop_token_ids):
             bad("stop_token_ids", "must be a list of integers")

@@ -38,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ChatTemplate",
     "Engine",
+    "OpenAI",
     "ProgramError",
     "ProgramState",
     "ProgramStateGroup",
@@ -87,6 +88,10 @@ def __getattr__(name: str):
         from .backend.endpoint import RuntimeEndpoint
 
         return RuntimeEndpoint
+    if name == "OpenAI":
+        from .backend.openai import OpenAI
+
+        return OpenAI
     if name == "Engine":
         from sglc_runtime.engine import Engine
 

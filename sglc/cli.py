@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from sglc_runtime.errors import SglcError
@@ -79,11 +80,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sglc_runtime.engine import Engine
     from sglc_runtime.server.app import create_app
 
+    api_key = args.api_key or os.environ.get("SGLC_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        logging.getLogger("sglc").warning("serving on %s without --api-key: anyone who reaches "
+                                          "this address can use the model", args.host)
     engine = Engine(**engine_kwargs(args))
     name = args.served_model_name or (args.model_path or "SmolLM2-135M-Instruct")
     try:
-        uvicorn.run(create_app(engine, name), host=args.host, port=args.port,
-                    log_level=args.log_level)
+        app = create_app(engine, name, api_key=api_key,
+                         max_request_bytes=args.max_request_bytes)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:
         engine.shutdown()
     return 0
@@ -103,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=30000)
     s.add_argument("--served-model-name", default=None)
+    s.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route (or SGLC_API_KEY)")
+    s.add_argument("--max-request-bytes", type=int, default=16 << 20,
+                   help="larger request bodies get HTTP 413")
     add_engine_args(s)
     s.set_defaults(func=cmd_serve)
     for extra in _extra_commands():

@@ -135,6 +135,16 @@ class CompiledProgram(SglFunction):
             pass
 
     # ---- running ------------------------------------------------------------------------------
+    def _runs_eagerly(self, backend) -> bool:
+        """Programs that did not compile, and programs on API backends (chat messages, `n=`
+        batching and speculative execution are the interpreter's), run eagerly."""
+        if self.compile_error is not None:
+            return True
+        from .lang.api import resolve_backend
+
+        b = resolve_backend(backend)
+        return bool(b.is_chat_model or b.speculative_execution or b.supports_n)
+
     def _arguments(self, args: tuple, kwargs: dict) -> dict:
         sig = inspect.signature(self.func)
         try:
@@ -166,7 +176,7 @@ class CompiledProgram(SglFunction):
             top_logprobs_num: int | None = None, return_text_in_logprobs: bool | None = None,
             stream: bool = False, backend=None, **kwargs):
         """Run the program once; returns its `ProgramState`. Raises the program's error."""
-        if self.compile_error is not None:
+        if self._runs_eagerly(backend):
             return self.eager.run(
                 *args, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, stop=stop,
                 stop_token_ids=stop_token_ids, temperature=temperature, top_p=top_p,
@@ -217,7 +227,7 @@ class CompiledProgram(SglFunction):
                     "repetition_penalty": repetition_penalty, "ignore_eos": ignore_eos,
                     "return_logprob": return_logprob, "logprob_start_len": logprob_start_len,
                     "top_logprobs_num": top_logprobs_num}
-        if self.compile_error is not None:
+        if self._runs_eagerly(backend):
             return self.eager.run_batch(batch_kwargs, backend=backend, num_threads=num_threads,
                                         progress_bar=progress_bar, **sampling)
         from .backend.executor import GraphExecutor

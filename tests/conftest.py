@@ -58,26 +58,37 @@ def runtime(engine):
     sgl.set_default_backend(None)
 
 
-@pytest.fixture(scope="session")
-def base_url(engine):
-    """`sglc serve` over the shared engine, on a free loopback port."""
-    pytest.importorskip("uvicorn")
-    pytest.importorskip("fastapi")
+def start_server(app):
+    """Run `app` with uvicorn on a free loopback port; returns (base_url, stop)."""
     import uvicorn
-
-    from sglc_runtime.server.app import create_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, "smol"), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
     for _ in range(200):
         if server.started:
             break
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    th.join(timeout=10)
+    assert server.started, "the test server did not start"
+
+    def stop():
+        server.should_exit = True
+        th.join(timeout=10)
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+@pytest.fixture(scope="session")
+def base_url(engine):
+    """`sglc serve` over the shared engine, on a free loopback port."""
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
+    from sglc_runtime.server.app import create_app
+
+    url, stop = start_server(create_app(engine, "smol"))
+    yield url
+    stop()

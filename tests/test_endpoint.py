@@ -55,3 +55,22 @@ def test_endpoint_errors_are_clear(endpoint):
         bad.run(backend=endpoint)["x"]
     with pytest.raises(sgl.SglcError, match="cannot reach"):
         sgl.RuntimeEndpoint("http://127.0.0.1:9")
+
+
+def test_constraints_and_n_over_http(endpoint, runtime):
+    import json
+    import re
+
+    @sgl.function
+    def constrained(s):
+        s += "A phone number:" + sgl.gen("phone", regex=r" \d{3}-\d{4}", max_tokens=12)
+        s += "\nA person:" + sgl.gen("person", max_tokens=48, json_schema={
+            "type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]})
+        s += "\nA color:" + sgl.gen("colors", max_tokens=4, n=3, temperature=1.0)
+
+    remote = constrained.run(temperature=0, backend=endpoint)
+    assert re.fullmatch(r" \d{3}-\d{4}", remote["phone"])
+    assert isinstance(json.loads(remote["person"])["age"], int)
+    assert isinstance(remote["colors"], list) and len(remote["colors"]) == 3
+    local = constrained.run(temperature=0, backend=runtime)
+    assert (remote["phone"], remote["person"]) == (local["phone"], local["person"])

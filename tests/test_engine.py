@@ -97,6 +97,16 @@ def test_stop_strings_and_ids(engine):
     assert r["output_ids"][-1] == comma and r["meta_info"]["finish_reason"]["matched"] == comma
 
 
+def test_stop_regex_and_none_means_default(engine):
+    # SGLang's frontend sends every unset sampling field as None
+    r = engine.generate("1, 2, 3, 4, 5,", {"temperature": 0, "max_new_tokens": 32,
+                                           "stop_regex": r" [89],", "top_k": None,
+                                           "min_p": None, "regex": None})
+    assert r["text"] == " 6, 7," and r["meta_info"]["finish_reason"]["type"] == "stop"
+    with pytest.raises(InvalidRequestError, match="stop_regex"):
+        engine.generate("Hi", {"stop_regex": "(unclosed"})
+
+
 def test_eos_and_ignore_eos(engine):
     prompt = "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
     r = engine.generate(prompt, {"temperature": 0, "max_new_tokens": 64})

@@ -1,8 +1,9 @@
 """The backend interface: what the interpreter and the graph executor ask of a model server.
 
-Every method takes the program's text so far as a plain string, so one backend serves both the
-eager interpreter (`sglc.lang`) and the compiled-graph executor. Methods are called from many
-threads at once; a backend must be thread-safe and should let concurrent calls batch together."""
+Every method takes the program's text so far as a plain string (for a chat-model backend,
+`is_chat_model`, the gen methods take the chat messages so far instead), so one backend serves
+both the eager interpreter (`sglc.lang`) and the compiled-graph executor. Methods are called from
+many threads at once; a backend must be thread-safe and should let concurrent calls batch."""
 
 from __future__ import annotations
 
@@ -14,13 +15,17 @@ from ..lang.primitives import SglSamplingParams
 
 
 class BaseBackend:
-    """Implementations: `RuntimeBackend`/`Runtime` (in-process engine); HTTP endpoint and OpenAI
-    backends follow the same interface."""
+    """Implementations: `RuntimeBackend`/`Runtime` (in-process engine), `RuntimeEndpoint`
+    (`sglc serve` over HTTP) and `OpenAI` (any OpenAI-compatible API)."""
 
     #: can `select` score choices by logprobs (an OpenAI chat backend cannot)
     supports_select: bool = True
     #: True for chat-only APIs; the interpreter then sends messages instead of text
     is_chat_model: bool = False
+    #: whether `@function(num_api_spec_tokens=N)` fills several gens from one call (API models)
+    speculative_execution: bool = False
+    #: whether `generate_n` makes one call for n samples (a fork's same-continuation gens use it)
+    supports_n: bool = False
 
     def get_chat_template(self) -> ChatTemplate:
         """The template roles are rendered with (the model's own where it has one)."""
@@ -40,6 +45,11 @@ class BaseBackend:
         """Yield (new text piece, meta_info so far); the last piece's meta_info is final."""
         text, meta = self.generate(prompt, params)
         yield text, meta
+
+    def generate_n(self, prompt: str, params: SglSamplingParams, n: int
+                   ) -> list[tuple[str, dict]]:
+        """`n` samples of one continuation (backends with `supports_n`)."""
+        raise NotImplementedError
 
     def generate_many(self, prompts: list[str], params: list[SglSamplingParams]
                       ) -> list[tuple[str, dict]]:

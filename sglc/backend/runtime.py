@@ -69,6 +69,8 @@ class RuntimeBackend(BaseBackend):
     def generate(self, prompt: str, params: SglSamplingParams) -> tuple[str, dict]:
         sp, lp = params.to_request()
         out = self.engine.generate(**self._prompt_args(prompt), sampling_params=sp, **lp)
+        if isinstance(out, list):  # n > 1 samples
+            return [o["text"] for o in out], self._meta_with_text(out[0]["meta_info"])
         return out["text"], self._meta_with_text(out["meta_info"])
 
     def generate_many(self, prompts: list[str], params: list[SglSamplingParams]

@@ -67,6 +67,9 @@ register_chat_template(ChatTemplate(
     name="default", default_system_prompt=None,
     role_prefix_and_suffix={"system": ("SYSTEM:", "\n"), "user": ("USER:", "\n"),
                             "assistant": ("ASSISTANT:", "\n")}))
+register_chat_template(ChatTemplate(  # chat APIs: roles travel as messages, not as text
+    name="chatgpt", default_system_prompt=None,
+    role_prefix_and_suffix={"system": ("", ""), "user": ("", ""), "assistant": ("", "")}))
 register_chat_template(ChatTemplate(
     name="chatml", default_system_prompt=None,
     role_prefix_and_suffix={"system": ("<|im_start|>system\n", "<|im_end|>\n"),

@@ -11,6 +11,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .fork_batch import SglForkGen
 from .primitives import (
     ProgramError,
     SglCommitLazy,
@@ -27,6 +28,7 @@ from .primitives import (
     SglVarScopeEnd,
     var_names,
 )
+from .speculative import Speculation
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,9 @@ class StreamExecutor:
         self.arguments = arguments
         self.default_params = default_params
         self.stream = stream
-        self.num_api_spec_tokens = num_api_spec_tokens  # only chat-API backends speculate
+        self.num_api_spec_tokens = num_api_spec_tokens
+        self.spec = (Speculation(num_api_spec_tokens) if num_api_spec_tokens and
+                     getattr(backend, "speculative_execution", False) else None)
         self.chat_template = chat_template or backend.get_chat_template()
 
         self.text_ = ""
@@ -173,15 +177,21 @@ class StreamExecutor:
                         e.add_note(f"while running {expr!r} appended at {loc}")
                     self.fail(e)
             else:  # after an error the rest is skipped; readers of its variables get the error
+                self._withdraw_fork_gens(expr)
                 self.fail(self.error_)
             self.queue.task_done()
         with self.cond:
             self.is_finished = True
             self.cond.notify_all()
 
+    def _withdraw_fork_gens(self, expr: SglExpr) -> None:
+        for x in expr.flatten():
+            if isinstance(x, SglForkGen):
+                x.batch.withdraw(self.backend, x.index)
+
     def _execute(self, expr: SglExpr) -> None:
         if isinstance(expr, SglConstantText):
-            self._fill(expr.value)
+            self._execute_text(expr.value)
         elif isinstance(expr, SglExprList):
             for x in expr.expr_list:
                 self._execute(x)
@@ -204,6 +214,31 @@ class StreamExecutor:
             self._execute_concate_and_append(expr)
         else:
             raise ProgramError(f"cannot execute {expr!r}")
+
+    def _execute_text(self, value: str) -> None:
+        if self.spec is not None:
+            if self._chat_spec_turn():
+                self.spec.defer_text(value)
+                return
+            self.spec.on_text(value)
+        self._fill(value)
+
+    def _chat_spec_turn(self) -> bool:
+        """Whether this state collects an assistant turn for one speculative chat call."""
+        return (self.spec is not None and self.backend.is_chat_model
+                and self.cur_role == "assistant")
+
+    def _prompt(self, primitive: str = "gen"):
+        """What the backend continues: the text so far, or for a chat-model backend the messages
+        so far (the gen must open an assistant turn)."""
+        if not self.backend.is_chat_model:
+            return self.text_
+        if self.cur_role != "assistant" or self.text_[self.cur_role_begin_pos:].strip():
+            raise ProgramError(
+                f"{primitive} on the chat model {self.backend!r} must come right after "
+                "sgl.assistant (as in s += sgl.assistant(sgl.gen('answer'))), or the program "
+                "needs @function(num_api_spec_tokens=N) to fill a written turn")
+        return list(self.messages_)
 
     def _fill(self, value: str) -> None:
         with self.cond:
@@ -236,10 +271,34 @@ class StreamExecutor:
         return merged.with_extra_stop(stop_strs, self._stop_ids)
 
     def _execute_gen(self, expr: SglGen) -> None:
-        params = self.resolve_sampling_params(expr.sampling_params)
-        if not self.stream:
-            comp, meta = self.backend.generate(self.text_, params)
+        if isinstance(expr, SglForkGen):  # fork branches have no speculation
+            try:
+                params = self.resolve_sampling_params(expr.sampling_params)
+                prompt = self._prompt()
+            except BaseException:
+                expr.batch.withdraw(self.backend, expr.index)
+                raise
+            comp, meta = expr.batch.generate(self.backend, expr.index, prompt, params)
             self._fill(comp)
+            self._set(expr.name, comp, meta)
+            return
+        params = self.resolve_sampling_params(expr.sampling_params)
+        if self._chat_spec_turn():
+            self.spec.defer_gen(expr, params)
+            return
+        if self.spec is not None:
+            out = self.spec.completion_gen(self.backend, self.text_, params)
+            if out is not None:
+                self._fill(out[0])
+                self._set(expr.name, out[0], out[1])
+                return
+        prompt = self._prompt()
+        if not self.stream:
+            comp, meta = self.backend.generate(prompt, params)
+            if isinstance(comp, list):  # n > 1: the variable holds every sample
+                self._fill(comp[0])
+            else:
+                self._fill(comp)
             self._set(expr.name, comp, meta)
             return
         name = expr.name
@@ -247,7 +306,7 @@ class StreamExecutor:
             if name is not None:
                 self.variables[name] = ""
         meta = {}
-        for piece, meta in self.backend.generate_stream(self.text_, params):
+        for piece, meta in self.backend.generate_stream(prompt, params):
             with self.cond:
                 self.text_ += piece
                 if name is not None:
@@ -257,6 +316,8 @@ class StreamExecutor:
         self._set(name, self.variables.get(name, ""), meta)
 
     def _execute_select(self, expr: SglSelect) -> None:
+        if self.spec is not None:
+            self.spec.drop()
         decision = self.backend.select(self.text_, expr.choices, expr.temperature,
                                        expr.choices_method)
         self._fill(decision.decision)
@@ -272,6 +333,8 @@ class StreamExecutor:
             self._fill(default_system)
             self._execute_role_end(SglRoleEnd("system"))
         prefix, _ = self.chat_template.get_prefix_and_suffix(expr.role, self.messages_)
+        if self.spec is not None:
+            self.spec.drop()
         self.cur_role = expr.role
         self._fill(prefix)
         self.cur_role_begin_pos = len(self.text_)
@@ -279,6 +342,11 @@ class StreamExecutor:
     def _execute_role_end(self, expr: SglRoleEnd) -> None:
         if self.cur_role != expr.role:
             raise ProgramError(f"role {expr.role!r} ends but the open role is {self.cur_role!r}")
+        if self._chat_spec_turn():
+            for text, gen, meta in self.spec.finish_turn(self.backend, list(self.messages_)):
+                self._fill(text)
+                if gen is not None:
+                    self._set(gen.name, text, meta)
         content = self.text_[self.cur_role_begin_pos:].lstrip()
         _, suffix = self.chat_template.get_prefix_and_suffix(expr.role, self.messages_)
         self.cur_role = None

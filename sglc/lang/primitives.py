@@ -32,6 +32,7 @@ class SglSamplingParams:
 
     max_new_tokens: int | None = None
     min_new_tokens: int | None = None
+    n: int | None = None
     stop: str | list[str] | tuple | None = None
     stop_token_ids: list[int] | tuple | None = None
     temperature: float | None = None
@@ -50,6 +51,9 @@ class SglSamplingParams:
     json_schema: str | None = None
 
     def __post_init__(self) -> None:
+        if self.n is not None and (isinstance(self.n, bool) or not isinstance(self.n, int)
+                                   or self.n < 1):
+            raise ProgramError(f"n={self.n!r}: must be a positive integer")
         if self.dtype is not None:
             if self.dtype not in _DTYPES:
                 raise ProgramError(f"dtype={self.dtype!r}: must be one of int, float, bool, str")

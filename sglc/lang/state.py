@@ -6,12 +6,14 @@ import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from .fork_batch import ForkBatch, SglForkGen
 from .interpreter import StreamExecutor
 from .primitives import (
     ProgramError,
     SglConcateAndAppend,
     SglExpr,
     SglExprList,
+    SglGen,
     SglRoleBegin,
     SglRoleEnd,
     SglVarScopeBegin,
@@ -233,7 +235,7 @@ class ProgramStateGroup:
                 raise ProgramError(f"appending {len(other)} items to {len(self.states)} forks")
             items = list(other)
         elif isinstance(other, (SglExpr, str)):
-            items = [other] * len(self.states)
+            items = _share_gens(as_expr(other), self.states)
         elif isinstance(other, Callable):
             items = [other(i) for i in range(len(self.states))]
         else:
@@ -241,3 +243,16 @@ class ProgramStateGroup:
         for state, item in zip(self.states, items):
             state._append(item, loc)
         return self
+
+
+def _share_gens(expr: SglExpr, states: list[ProgramState]) -> list[SglExpr]:
+    """The same expression for every branch; on a backend that samples n continuations in one
+    call (`supports_n`), its gens become `SglForkGen`s sharing one `ForkBatch` each."""
+    backend = states[0].stream_executor.backend if states else None
+    parts = expr.flatten()
+    if len(states) < 2 or not getattr(backend, "supports_n", False) or not any(
+            isinstance(x, SglGen) for x in parts):
+        return [expr] * len(states)
+    batches = {k: ForkBatch(len(states)) for k, x in enumerate(parts) if isinstance(x, SglGen)}
+    return [SglExprList([SglForkGen(x, batches[k], i) if k in batches else x
+                         for k, x in enumerate(parts)]) for i in range(len(states))]
