@@ -59,7 +59,7 @@ class SglFunction:
             stream: bool = False, backend=None, **kwargs):
         """Run the program once; returns its `ProgramState`. Raises the program's error."""
         from .api import resolve_backend
-        from .interpreter import run_program
+        from .runner import run_program
 
         defaults = _defaults(max_new_tokens, min_new_tokens, stop, stop_token_ids,
                              temperature, top_p, top_k, min_p, frequency_penalty,
@@ -80,7 +80,7 @@ class SglFunction:
         """Run the program once per argument dict (or positional tuple), concurrently; returns
         the states in order. A failed program's error is on its state (`state.error()`)."""
         from .api import resolve_backend
-        from .interpreter import run_program_batch
+        from .runner import run_program_batch
 
         if not isinstance(batch_kwargs, (list, tuple)):
             raise ProgramError("run_batch takes a list of argument dicts")
