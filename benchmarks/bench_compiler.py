@@ -85,7 +85,7 @@ class RequestLog:
 def run_mode(program, mode: str, batch: list[dict], rt, log: RequestLog, engine) -> dict:
     runner = sgl.compile(program, strict=True, backend=rt) if mode == "compiled" else program
     runner.run_batch(batch[:2], backend=rt, temperature=0)  # warm up (FSMs, first batches)
-    engine.core.scheduler.cache.reset()
+    engine.flush_cache()
     log.reset()
     states, t = timed(runner.run_batch, batch, backend=rt, temperature=0)
     errors = [st.error() for st in states if st.error() is not None]

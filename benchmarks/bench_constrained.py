@@ -32,7 +32,7 @@ def run(args, jump_forward: bool) -> dict:
                for i in range(args.num)]
     sp = {"json_schema": json.dumps(SCHEMA), "temperature": 0, "max_new_tokens": 128}
     eng.generate(prompts[:2], sp)  # warm: FSM build (cached after), first-step costs
-    eng.core.scheduler.cache.reset()
+    eng.flush_cache()
     outs, t = timed(eng.generate, prompts, sp)
     for o in outs:
         jsonschema.validate(json.loads(o["text"]), SCHEMA)

@@ -58,14 +58,14 @@ def bench_sglc(args, programs, questions, disable_radix_cache: bool) -> dict:
     for name, prog in programs.items():
         prog.run_batch([{"question": "What is 1 plus 1?"}] * 2, temperature=0, backend=rt)
         if not disable_radix_cache:
-            engine.core.scheduler.cache.reset()  # time the first computation of the prefix too
-        prefilled = engine.core.stats.num_prefill_tokens
+            engine.flush_cache()  # time the first computation of the prefix too
+        prefilled = engine.stats()["num_prefill_tokens"]
         states, t = timed(prog.run_batch, [{"question": q} for q in questions], temperature=0,
                           backend=rt)
         errors = [st.error() for st in states if st.error() is not None]
         assert not errors, f"{name}: {errors[0]!r}"
         res[name] = {"programs_per_s": len(questions) / t, "wall_s": t,
-                     "prefill_tokens_computed": engine.core.stats.num_prefill_tokens - prefilled}
+                     "prefill_tokens_computed": engine.stats()["num_prefill_tokens"] - prefilled}
     engine.shutdown()
     return res
 

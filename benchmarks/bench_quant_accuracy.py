@@ -84,7 +84,8 @@ def kernel_speed() -> dict:
 
 def main():
     sp = {"temperature": 0, "max_new_tokens": N_NEW, "ignore_eos": True}
-    eng = Engine(dtype="float32", disable_prepacked_linear=True)  # fake-quant needs .weight
+    eng = Engine(dtype="float32", disable_prepacked_linear=True,  # fake-quant needs .weight
+                 engine_in_process=True)  # and this process holds the model it edits
     ids = [eng.tokenizer.encode(p) for p in PROMPTS]
     ref = [o["output_ids"] for o in eng.generate(input_ids=ids, sampling_params=sp)]
     slots = projections(eng.core.runner.model)

@@ -58,7 +58,8 @@ def main():
 
     model_runner.ModelRunner.forward = forward
     engine_core.EngineCore.step = step
-    eng = Engine(dtype=args.dtype, quantization=args.quantization)
+    eng = Engine(dtype=args.dtype, quantization=args.quantization,
+                 engine_in_process=True)  # the patched step must run in this process
     rng = random.Random(0)
     shared = [rng.randint(300, 40000) for _ in range(args.shared)]
     prompts = [shared + [rng.randint(300, 40000) for _ in range(args.prompt_len)]

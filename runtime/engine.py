@@ -1,5 +1,6 @@
-"""The offline engine API (SGLang's `Engine`): a background thread runs the engine loop while
-any number of callers submit requests and wait for, stream, or await their results."""
+"""The offline engine API (SGLang's `Engine`): the engine loop runs in its own process (or a
+thread, or N processes behind a router) while any number of callers submit requests and wait
+for, stream, or await their results."""
 
 from __future__ import annotations
 
@@ -7,16 +8,12 @@ import asyncio
 import dataclasses
 import logging
 import queue
-import threading
 from typing import Any, Iterator
 
-import torch
-
 from .config import EngineConfig
-from .engine_core import EngineCore
-from .errors import EngineClosedError, InvalidRequestError, RequestAbortedError, SglcError
+from .errors import EngineClosedError, EngineDiedError, InvalidRequestError, SglcError
 from .outputs import make_result, progress_meta
-from .request import Req, ReqStatus
+from .request import Req, new_request
 from .sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -40,112 +37,59 @@ class _Waiter:
 
 class Engine:
     """`Engine(model_path=None, dtype="auto", max_total_tokens=None, disable_radix_cache=False,
-    schedule_policy="lpm", chunked_prefill_size=2048, ...)`; see EngineConfig for all knobs."""
+    schedule_policy="lpm", chunked_prefill_size=2048, ...)`; see EngineConfig for all knobs.
 
-    def __init__(self, model_path: str | None = None, log_level: str | None = None, **kwargs):
+    The model and scheduler run in a process of their own (`engine_process.py`) unless
+    `engine_in_process=True` (a thread of this process); `dp_size=N` runs N such processes
+    behind a cache-aware router (`router.py`, `router_policy`)."""
+
+    def __init__(self, model_path: str | None = None, log_level: str | None = None,
+                 engine_in_process: bool = False, dp_size: int = 1,
+                 router_policy: str = "cache_aware", **kwargs):
         if log_level:
             logging.getLogger("sglc_runtime").setLevel(log_level.upper())
         self.config = EngineConfig(model_path=model_path, **kwargs)
-        self._ready = threading.Event()
-        self._init_error: BaseException | None = None
-        self._inbox: queue.Queue = queue.Queue()
-        self._wake = threading.Event()
+        if not isinstance(dp_size, int) or dp_size < 1:
+            raise InvalidRequestError(f"dp_size={dp_size!r}: must be a positive integer")
+        if dp_size > 1 and engine_in_process:
+            raise InvalidRequestError("dp_size > 1 runs engine processes; it cannot be "
+                                      "combined with engine_in_process=True")
+        self.engine_in_process = engine_in_process
         self._closed = False
-        self._live: dict[int, Req] = {}
-        self._flushes: queue.Queue = queue.Queue()  # (event, result list) from flush_cache()
-        self._aborts: queue.Queue = queue.Queue()  # requests their callers abandoned
-        self._submit_lock = threading.Lock()  # orders submissions against shutdown's drain
-        self._thread = threading.Thread(target=self._run, name="sglc-engine", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._init_error is not None:
-            raise self._init_error
-        self.tokenizer = self.core.tokenizer
+        if engine_in_process:
+            from .engine_loop import InProcessDriver
 
-    def _run(self) -> None:
-        """The engine thread builds the model and runs every step itself: the CPU kernels'
-        thread teams (OpenMP) run measurably faster from the thread that set them up."""
-        try:
-            self.core = EngineCore(self.config)
-        except BaseException as e:  # surfaced to the constructor's caller
-            self._init_error = e
-            self._ready.set()
-            return
-        self._ready.set()
-        self._loop()
+            self._driver = InProcessDriver(self.config)
+            self.core = self._driver.core  # this process holds the model: its internals too
+        elif dp_size > 1:
+            from .router import DataParallelDriver
 
-    # ---- engine thread -----------------------------------------------------------------------
-    def _loop(self) -> None:
-        core = self.core
-        if self.config.device == "cpu":
-            # flush-to-zero is per thread (MXCSR): denormals in this thread's matmuls would
-            # otherwise run ~2x slower end to end
-            torch.set_flush_denormal(True)
-        while not self._closed:
-            while True:
-                try:
-                    req = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                self._live[req.rid] = req
-                core.add_request(req)
-            aborted = []
-            while not self._aborts.empty():
-                r = self._aborts.get_nowait()
-                if r.rid in self._live and not r.finished:
-                    core.fail(r, RequestAbortedError(f"request {r.rid} was aborted"))
-                    aborted.append(r)
-            self._notify(aborted)
-            while not self._flushes.empty():
-                done, result = self._flushes.get_nowait()
-                idle = not core.scheduler.has_work()
-                if idle:
-                    core.scheduler.cache.reset()
-                result.append(idle)
-                done.set()
-            if not core.scheduler.has_work():
-                self._wake.wait(0.05)
-                self._wake.clear()
-                continue
-            try:
-                updated = core.step()
-                if self.config.check_invariants:
-                    core.scheduler.check_invariants()
-            except Exception as e:  # scheduling bug: fail everyone rather than hang them
-                logger.exception("engine loop failed")
-                updated = list(self._live.values())
-                for r in updated:
-                    core.fail(r, e)
-            self._notify(updated)
-        self._fail_all_on_shutdown()
+            self._driver = DataParallelDriver(self.config, dp_size, router_policy)
+        else:
+            from .engine_process import ProcessDriver
 
-    def _notify(self, updated: list[Req]) -> None:
-        for r in updated:
-            if r.on_update is not None:
-                try:  # a caller's callback must never take the engine down
-                    r.on_update(r)
-                except Exception:
-                    logger.exception("update callback of request %d failed", r.rid)
-            if r.finished:
-                self._live.pop(r.rid, None)
+            self._driver = ProcessDriver(self.config)
+        self.tokenizer = self._driver.tokenizer
+        self.context_length = self._driver.context_length
+        self.max_total_tokens = self._driver.max_total_tokens
+        self.eos_ids = self._driver.eos_ids
+        self.pid = self._driver.pid  # the engine's process (a list with dp_size > 1)
 
-    def _fail_all_on_shutdown(self) -> None:
-        err = EngineClosedError("the engine was shut down")
-        with self._submit_lock:  # after this, _submit sees _closed and raises
-            while not self._inbox.empty():
-                req = self._inbox.get_nowait()
-                self._live[req.rid] = req
-        for r in list(self._live.values()):
-            r.error = err
-            r.finish_reason = {"type": "abort", "message": str(err)}
-            r.status = ReqStatus.FINISHED
-        self._notify(list(self._live.values()))
+    def stats(self) -> dict:
+        """Scheduler and cache counters (summed over replicas, each also under "replicas")."""
+        return self._driver.call("stats")
+
+    def check_invariants(self) -> None:
+        """Verify the KV accounting now (between steps); raises AssertionError if it is off."""
+        self._driver.call("check_invariants")
 
     # ---- submission --------------------------------------------------------------------------
     def _make_reqs(self, prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
                    top_logprobs_num) -> tuple[list[Req], bool]:
         if self._closed:
             raise EngineClosedError("the engine was shut down")
+        if not self._driver.alive:
+            raise EngineDiedError("the engine process has died; start a new Engine")
         if (prompt is None) == (input_ids is None):
             raise InvalidRequestError("give exactly one of prompt or input_ids")
         single = isinstance(prompt, str) or (input_ids is not None and
@@ -172,7 +116,7 @@ class Engine:
         return reqs, single and reqs[0].params.n == 1
 
     def _make_req(self, ids, params, return_logprob, start, top_logprobs_num) -> Req:
-        ctx = self.core.runner.context_length
+        ctx = self.context_length
         if not ids:
             raise InvalidRequestError("the prompt is empty (0 tokens)")
         if any(not isinstance(t, int) or not 0 <= t < self.tokenizer.vocab_size for t in ids):
@@ -181,7 +125,7 @@ class Engine:
         if len(ids) >= ctx:
             raise InvalidRequestError(f"the prompt has {len(ids)} tokens, which does not fit "
                                       f"the context length ({ctx}) with room to generate")
-        pool = self.core.runner.kv_pool.size
+        pool = self.max_total_tokens
         if len(ids) + params.max_new_tokens > pool and len(ids) + 1 > pool:
             raise InvalidRequestError(f"the prompt ({len(ids)} tokens) does not fit the KV pool "
                                       f"(max_total_tokens={pool})")
@@ -195,13 +139,9 @@ class Engine:
             start = max(len(ids) + start, 0) if start != -1 else len(ids) - 1
         if top_logprobs_num < 0:
             raise InvalidRequestError("top_logprobs_num must be >= 0")
-        req = Req(ids, params, return_logprob=return_logprob, logprob_start_len=start,
-                  top_logprobs_num=top_logprobs_num)
-        if return_logprob and start == 0:  # the first token has no context to be scored in
-            req.input_token_logprobs.append((None, ids[0], None))
-            if top_logprobs_num:
-                req.input_top_logprobs.append(None)
-        if params.constraint is not None:
+        req = new_request(ids, params, return_logprob, start, top_logprobs_num)
+        if params.constraint is not None and self.engine_in_process:
+            # in-process: built on the caller's thread (the engine process builds its own)
             req.constraint = self._build_constraint(params)
             req.fsm_state = req.constraint.initial_state
         return req
@@ -212,12 +152,9 @@ class Engine:
         return build_constraint(self.tokenizer, **params.constraint)
 
     def _submit(self, reqs: list[Req]) -> None:
-        with self._submit_lock:
-            if self._closed:
-                raise EngineClosedError("the engine was shut down")
-            for r in reqs:
-                self._inbox.put(r)
-        self._wake.set()
+        if self._closed:
+            raise EngineClosedError("the engine was shut down")
+        self._driver.submit(reqs)
 
     @staticmethod
     def _check(req: Req) -> dict:
@@ -225,7 +162,7 @@ class Engine:
             if isinstance(req.error, SglcError):
                 raise req.error
             raise RuntimeError(f"request failed in the engine: {req.error}") from req.error
-        return make_result(req)
+        return req.result if req.result is not None else make_result(req)
 
     # ---- public API --------------------------------------------------------------------------
     def generate(self, prompt=None, sampling_params: dict | list | None = None,
@@ -328,25 +265,19 @@ class Engine:
 
     def abort(self, req: Req) -> None:
         """Stop a request the caller no longer waits for; its resources are freed."""
-        self._aborts.put(req)
-        self._wake.set()
+        self._driver.abort(req)
 
     def flush_cache(self) -> bool:
         """Drop the radix cache's contents; only done when no request is in flight (returns
         whether it was)."""
-        done, result = threading.Event(), []
-        self._flushes.put((done, result))
-        self._wake.set()
-        done.wait(timeout=60)
-        return bool(result and result[0])
+        return bool(self._driver.call("flush_cache"))
 
     def shutdown(self) -> None:
-        """Stop the engine thread; waiting callers get EngineClosedError."""
-        with self._submit_lock:
-            self._closed = True
-        self._wake.set()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=30)
+        """Stop the engine (and its processes); waiting callers get EngineClosedError."""
+        if self._closed:
+            return
+        self._closed = True
+        self._driver.shutdown()
 
     def __enter__(self):
         return self

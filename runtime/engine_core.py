@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 class StepStats:
     num_steps: int = 0
     num_prefill_tokens: int = 0
-    num_cached_tokens: int = 0
     num_decode_tokens: int = 0
 
 

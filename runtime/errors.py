@@ -23,3 +23,7 @@ class EngineClosedError(SglcError):
 
 class RequestAbortedError(SglcError):
     """The caller abandoned the request (cancelled, disconnected, closed its stream)."""
+
+
+class EngineDiedError(SglcError):
+    """The engine's process died (killed, out of memory); requests in flight failed with this."""

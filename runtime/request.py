@@ -57,6 +57,7 @@ class Req:
     num_retractions: int = 0
     num_jump_forward_tokens: int = 0
     created: float = field(default_factory=time.perf_counter)
+    result: dict | None = None  # the result dict, when it was built elsewhere (engine process)
 
     @property
     def fill_ids(self) -> list[int]:
@@ -80,3 +81,16 @@ class Req:
 
     def remaining_new_tokens(self) -> int:
         return max(self.params.max_new_tokens - len(self.output_ids), 0)
+
+
+def new_request(input_ids: list[int], params: SamplingParams, return_logprob: bool,
+                logprob_start_len: int, top_logprobs_num: int, rid: int | None = None) -> Req:
+    """A validated request's Req (`rid` given when the caller's process numbered it)."""
+    kw = {} if rid is None else {"rid": rid}
+    req = Req(list(input_ids), params, return_logprob=return_logprob,
+              logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num, **kw)
+    if return_logprob and logprob_start_len == 0:  # the first token has no context to score it
+        req.input_token_logprobs.append((None, req.input_ids[0], None))
+        if top_logprobs_num:
+            req.input_top_logprobs.append(None)
+    return req

@@ -44,6 +44,8 @@ class Scheduler:
         self.running: list[Req] = []
         self.new_token_ratio = 0.4  # fraction of remaining max_new_tokens reserved at admission
         self.num_retractions = 0
+        self.num_prompt_tokens = 0  # prompts admitted, and how many of their tokens were cached
+        self.num_cached_prompt_tokens = 0
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def add(self, req: Req) -> None:
@@ -126,6 +128,8 @@ class Scheduler:
                 self.req_pool.req_to_token[req.row, :m] = match.indices
             if not req.output_ids and req.num_retractions == 0:
                 req.cached_tokens = m
+                self.num_prompt_tokens += len(req.input_ids)
+                self.num_cached_prompt_tokens += m
             req.status = ReqStatus.RUNNING
             self.running.append(req)
             admitted.append(req)

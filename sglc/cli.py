@@ -35,6 +35,13 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quantization", default="auto", choices=["auto", "none", "int4"],
                    help="int4: small-batch decode reads int4 weights (CPU, faster batch-1); "
                         "auto: int4 in bfloat16 when the GGUF's projections are 4-bit already")
+    g.add_argument("--engine-in-process", action="store_true",
+                   help="run the engine on a thread of this process, not in its own process "
+                        "(lower batch-1 latency; the caller's torch work then slows it)")
+    g.add_argument("--dp", "--dp-size", dest="dp_size", type=int, default=1,
+                   help="engine replicas (processes) behind a cache-aware router")
+    g.add_argument("--router-policy", default="cache_aware",
+                   choices=["cache_aware", "round_robin", "random"])
     g.add_argument("--log-level", default="warning")
 
 
@@ -51,7 +58,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 disable_cuda_graph=args.disable_cuda_graph,
                 cuda_graph_max_bs=args.cuda_graph_max_bs,
                 disable_prepacked_linear=args.disable_prepacked_linear,
-                quantization=args.quantization)
+                quantization=args.quantization, engine_in_process=args.engine_in_process,
+                dp_size=args.dp_size, router_policy=args.router_policy)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -65,8 +65,8 @@ def test_64_concurrent_requests_in_small_pool_finish_exactly():
             assert r is not None, f"request {i} never returned"
             assert r["meta_info"]["completion_tokens"] == lens[i]
             assert r["meta_info"]["finish_reason"]["type"] == "length"
-        sched = eng.core.scheduler
-        assert not sched.running and not sched.waiting
+        stats = eng.stats()
+        assert stats["num_running"] == stats["num_waiting"] == 0
     finally:
         eng.shutdown()
 
@@ -78,7 +78,7 @@ def test_retracted_greedy_output_unchanged(engine):
     small = Engine(dtype="float32", max_total_tokens=160, check_invariants=True)
     try:
         got = small.generate(prompts, params)
-        assert small.core.scheduler.num_retractions > 0
+        assert small.stats()["num_retractions"] > 0
     finally:
         small.shutdown()
     assert [o["output_ids"] for o in got] == [o["output_ids"] for o in ref]
@@ -111,7 +111,7 @@ def test_eos_and_ignore_eos(engine):
     prompt = "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
     r = engine.generate(prompt, {"temperature": 0, "max_new_tokens": 64})
     assert r["meta_info"]["finish_reason"]["type"] == "stop"
-    assert r["output_ids"][-1] in engine.core.eos_ids and "<|im_end|>" not in r["text"]
+    assert r["output_ids"][-1] in engine.eos_ids and "<|im_end|>" not in r["text"]
     r2 = engine.generate(prompt, {"temperature": 0, "max_new_tokens": 20, "ignore_eos": True})
     assert r2["meta_info"]["completion_tokens"] == 20
 
@@ -216,10 +216,10 @@ def test_cancelled_async_request_is_aborted_and_freed(engine):
     asyncio.run(main())
     import time
     for _ in range(100):
-        if not engine.core.scheduler.running and not engine.core.scheduler.waiting:
+        if engine.stats()["num_running"] == engine.stats()["num_waiting"] == 0:
             break
         time.sleep(0.05)
-    assert not engine.core.scheduler.running
+    assert engine.stats()["num_running"] == 0
     assert engine.generate("Hi", GREEDY)["meta_info"]["completion_tokens"] > 0
 
 
@@ -230,10 +230,10 @@ def test_closing_a_stream_early_aborts(engine):
     it.close()
     import time
     for _ in range(100):
-        if not engine.core.scheduler.running:
+        if not engine.stats()["num_running"]:
             break
         time.sleep(0.05)
-    assert not engine.core.scheduler.running
+    assert engine.stats()["num_running"] == 0
 
 
 def test_n_with_seed_gives_distinct_samples(engine):
@@ -255,6 +255,7 @@ def test_cuda_graph_decode_equals_eager(engine):
     for batch sizes that pad up to a bucket."""
     from sglc_runtime.engine import Engine
 
+    engine = Engine(dtype="float32", engine_in_process=True)  # its runner is inspected
     assert engine.core.runner.cuda_graphs is not None
     prompts = [engine.tokenizer.encode(p) for p in
                ["The capital of France is", "def add(a, b):", "Three colors:", "Once upon"]]
@@ -265,9 +266,10 @@ def test_cuda_graph_decode_equals_eager(engine):
             engine.flush_cache()
             assert [o["output_ids"] for o in engine.generate(input_ids=batch, sampling_params=sp)] \
                 == [o["output_ids"] for o in eager.generate(input_ids=batch, sampling_params=sp)]
+        assert engine.core.runner.cuda_graphs.graphs  # the graphs were used
     finally:
         eager.shutdown()
-    assert engine.core.runner.cuda_graphs.graphs  # the graphs were used
+        engine.shutdown()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton decode kernel runs on CUDA")
@@ -275,6 +277,7 @@ def test_triton_decode_attention_equals_torch_backend(engine):
     pytest.importorskip("triton")
     from sglc_runtime.engine import Engine
 
+    engine = Engine(dtype="float32", engine_in_process=True)  # its runner is inspected
     assert engine.core.runner.triton_decode
     prompts = [engine.tokenizer.encode(p) for p in ["The capital of France is", "def add(a, b):"]]
     sp = {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True}
@@ -285,6 +288,7 @@ def test_triton_decode_attention_equals_torch_backend(engine):
             == [o["output_ids"] for o in plain.generate(input_ids=prompts, sampling_params=sp)]
     finally:
         plain.shutdown()
+        engine.shutdown()
 
 
 def test_triton_backend_needs_cuda():

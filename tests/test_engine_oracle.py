@@ -72,11 +72,23 @@ LONG_SHARED = ("<|im_start|>system\nYou are a careful assistant. Answer every qu
                "not sure of.<|im_end|>\n")
 
 
-def test_greedy_matches_hf_with_cascade_attention(engine, hf_model, monkeypatch):
+@pytest.fixture(scope="module")
+def local_engine():
+    """An engine on a thread of this process, whose attention a test can spy on."""
+    from sglc_runtime.engine import Engine
+
+    eng = Engine(dtype="float32", check_invariants=True, engine_in_process=True)
+    yield eng
+    eng.shutdown()
+
+
+def test_greedy_matches_hf_with_cascade_attention(local_engine, hf_model, monkeypatch):
     """Requests sharing a cached prefix longer than MIN_SHARED_PREFIX attend it once per batch
     (cascade); their tokens must still be HF's."""
     from sglc_runtime import attention
     from sglc_runtime.forward_batch import MIN_SHARED_PREFIX
+
+    engine = local_engine
 
     calls = []
     real = attention._cascade

@@ -242,6 +242,6 @@ def test_100_parallel_requests_get_exact_token_counts(client, engine):
         got = list(pool.map(one, range(100)))
     assert [n for n, _ in got] == asked
     assert all(reason == "length" for _, reason in got)
-    sched = engine.core.scheduler
-    assert not sched.running and not sched.waiting
-    sched.check_invariants()
+    stats = engine.stats()
+    assert stats["num_running"] == stats["num_waiting"] == 0
+    engine.check_invariants()

@@ -98,7 +98,7 @@ def create_app(engine: Engine, model_name: str = "default", api_key: str | None 
         """What a remote frontend needs to tokenize and render roles like the server does."""
         return {"model_path": engine.config.model_path or model_name,
                 "served_model_name": model_name,
-                "context_length": engine.core.runner.context_length,
+                "context_length": engine.context_length,
                 "chat_template": tok.chat_template, "bos_token_id": tok.bos_token_id,
                 "bos_token": tok.bos_token, "eos_token_ids": list(tok.eos_token_ids),
                 "add_bos": tok.add_bos, "special_ids": sorted(tok.special_ids),
@@ -111,7 +111,7 @@ def create_app(engine: Engine, model_name: str = "default", api_key: str | None 
     @app.get("/server_info")
     @app.get("/get_server_info")
     async def server_info():
-        return {**info(), "max_total_num_tokens": engine.core.runner.kv_pool.size,
+        return {**info(), "max_total_num_tokens": engine.max_total_tokens,
                 "disable_radix_cache": engine.config.disable_radix_cache,
                 "version": "sglc"}
 

@@ -162,7 +162,7 @@ class RuntimeBackend(BaseBackend):
 
 
 # SGLang's server-process arguments with no meaning for an in-process engine.
-_SERVER_ONLY_ARGS = ("port", "host", "launch_timeout", "tp_size", "dp_size",
+_SERVER_ONLY_ARGS = ("port", "host", "launch_timeout", "tp_size",
                      "mem_fraction_static", "trust_remote_code", "tokenizer_path")
 
 
@@ -174,7 +174,7 @@ class Runtime(RuntimeBackend):
                  chat_template: str | ChatTemplate | None = None, **engine_args):
         ignored = [k for k in _SERVER_ONLY_ARGS if engine_args.pop(k, None) is not None]
         if ignored:
-            logger.warning("Runtime: ignoring server arguments %s (the engine runs in-process)",
+            logger.warning("Runtime: ignoring server arguments %s (no HTTP server is started)",
                            ", ".join(ignored))
         self._owns_engine = engine is None
         if engine is None:
