@@ -10,6 +10,7 @@ python benchmarks/bench_fsm.py --repeats 5
 python benchmarks/bench_lang.py --num-programs 32
 python benchmarks/bench_compiler.py
 python benchmarks/bench_server.py
+python benchmarks/bench_dp.py
 if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     python benchmarks/bench_gpu.py  # on a GPU machine
 fi
