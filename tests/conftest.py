@@ -11,6 +11,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the oracle loads a local GGUF; never the hub
 
 
+# Fixtures that load the default model: a test using one is marked `model` (so
+# `pytest -m "not model"` runs without the model); modules that build engines themselves carry
+# `pytestmark = pytest.mark.model`.
+MODEL_FIXTURES = {"engine", "hf_model", "runtime", "base_url", "local_engine", "tok"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+        reasons = " ".join(str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif"))
+        if "CUDA" in reasons or "GPU" in reasons:  # skipped without a GPU: a GPU test
+            item.add_marker(pytest.mark.gpu)
+
+
 def _cuda() -> bool:
     import torch
 

@@ -8,6 +8,7 @@ import torch
 from sglc_runtime.engine import Engine
 from sglc_runtime.errors import InvalidRequestError, SglcError
 
+pytestmark = pytest.mark.model  # every test here builds or uses an engine
 GREEDY = {"temperature": 0, "max_new_tokens": 8}
 FEWSHOT = "".join(f"Q: What is {a} plus {b}?\nA: {a + b}\n" for a, b in
                   [(1, 2), (3, 4), (10, 5), (7, 7), (20, 22), (6, 9)])

@@ -12,6 +12,7 @@ import pytest
 from sglc_runtime.engine import Engine
 from sglc_runtime.errors import EngineClosedError, EngineDiedError
 
+pytestmark = pytest.mark.model  # every test here builds or uses an engine
 LONG = {"max_new_tokens": 600, "ignore_eos": True, "temperature": 0.8}
 
 

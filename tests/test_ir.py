@@ -48,10 +48,40 @@ def test_canonical_order_ignores_ids_but_keeps_dependencies():
     g = Graph(name="p")
     b = g.add(Op.BEGIN)
     r = g.add(Op.RET, [b], id=10)
-    t = g.add(Op.TEXT, [b], {"value": "x"}, id=g.id_before(r))
+    t = g.add(Op.TEXT, [b], {"value": "x"}, before=r)
     g.set_args(r, [t])
     assert str(g) == 'program p\n%0 = begin\n%1 = text %0 {value="x"}\n%2 = ret %1\n'
     assert str(g.canonical()) == str(g) and sorted(g.canonical().nodes) == [0, 1, 2]
+
+
+def test_any_number_of_inserts_before_one_node():
+    # ids are integers; the order is a sequence, so no insert can run out of room
+    g = Graph(name="p")
+    b = g.add(Op.BEGIN)
+    r = g.add(Op.RET, [b])
+    last = b
+    for k in range(200):  # each goes just before `ret`: after the previous insert
+        last = g.add(Op.TEXT, [last], {"value": str(k)}, before=r)
+    g.set_args(r, [last])
+    lines = str(g.canonical()).splitlines()
+    assert len(lines) == 203 and lines[2] == '%1 = text %0 {value="0"}'
+    assert lines[-2] == '%200 = text %199 {value="199"}' and lines[-1] == "%201 = ret %200"
+
+
+def test_a_fork_with_many_inserted_turns_compiles():
+    import sglc as sgl
+
+    def prog(s):
+        s += sgl.system("sys")
+        forks = s.fork(2)
+        for f in forks:
+            for _ in range(17):
+                f += sgl.user("Hello again.")
+            f += sgl.assistant(sgl.gen("x", max_tokens=4))
+        forks.join()
+
+    c = sgl.compile(prog)
+    assert c.compile_error is None and c.ir.count('"Hello again."') >= 17
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -138,7 +138,8 @@ def test_bad_sampling_param_raises_and_engine_keeps_serving(runtime):
     states = prog.run_batch([{"i": i} for i in range(4)], temperature=0)
     assert isinstance(states[1].error(), InvalidRequestError)
     assert all(states[i].error() is None for i in (0, 2, 3))
-    assert qa.run(question="What is ice?", temperature=0)["answer"] is not None
+    answer = qa.run(question="What is ice?", temperature=0)["answer"]  # the engine still serves
+    assert isinstance(answer, str) and answer.strip()
 
 
 def test_constrained_gens(runtime):

@@ -40,6 +40,7 @@ def test_hf_folder_loads_and_matches_gguf(engine, hf_model, tmp_path):
     assert [o["output_ids"] for o in got] == [o["output_ids"] for o in ref]
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("kwargs", [{"dtype": "bfloat16"}, {"quantization": "int4"}])
 def test_bfloat16_and_int4_generate_sensible_text(kwargs):
     eng = Engine(**kwargs)
@@ -74,6 +75,7 @@ def test_bad_engine_arguments():
         Engine(dtype="float8")
 
 
+@pytest.mark.model
 def test_auto_quantization_uses_the_gguf_4bit_codes_only_in_bfloat16(tmp_path):
     """quantization='auto' (the default) turns on int4 small-batch decode only on the CPU in
     bfloat16 and only for a GGUF whose projections already are 4-bit group-32 blocks."""

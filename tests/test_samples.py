@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -54,7 +55,18 @@ def test_react_agent(runtime):
     sample = load("react_agent")
     assert sample.calculate("8849 / 1000") == "8.849"
     answer = sample.main()
-    assert answer is None or isinstance(answer, str)
+    state = sample.react.run(question="How tall is the Eiffel Tower in kilometres?",
+                             temperature=0)
+    assert state.ret_value == answer  # main() runs the same greedy program
+    steps = re.findall(r"Thought:[^\n]*\nAction: (lookup|calculate|finish)\[([^\]\n]*)\]\n"
+                       r"(?:Observation: ([^\n]*)\n)?", state.text()[len(sample.PROMPT):])
+    assert steps, state.text()
+    for action, arg, observation in steps:  # each observation is what the tool returned
+        assert observation == ("" if action == "finish" else sample.TOOLS[action](arg))
+    if answer is None:
+        assert len(steps) == 4 and steps[-1][0] != "finish"  # ran out of steps
+    else:
+        assert steps[-1][0] == "finish" and answer == steps[-1][1].strip()
 
 
 def test_tree_of_thought(runtime):

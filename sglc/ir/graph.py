@@ -1,10 +1,12 @@
 """`Node` (an op, its operands and attributes) and `Graph`, a `networkx.DiGraph` of nodes whose
 one canonical text form is `str(graph)`: one SSA line per node, in topological order.
 
-An edge u -> v means node v reads u's result. Node ids are numbers; the canonical order is the
-topological order that breaks ties by id, and printing numbers nodes %0, %1, ... in that order,
-so a graph read back from its text prints identically. Passes insert a node "before" another by
-giving it a fractional id just below it (`id_before`) and renumber at the end (`canonical`)."""
+An edge u -> v means node v reads u's result. Node ids are integers, never reused, and the graph
+keeps an explicit sequence of them (`graph.graph["order"]`): the canonical order is the
+topological order that breaks ties by position in that sequence, and printing numbers nodes %0,
+%1, ... in that order, so a graph read back from its text prints identically. Passes insert a
+node `before=` or `after=` another (a position in the sequence, however many times) and
+renumber at the end (`canonical`)."""
 
 from __future__ import annotations
 
@@ -43,12 +45,24 @@ class Graph(nx.DiGraph):
     """A program as a DAG of `Node`s (node attribute "node"); `graph.graph["name"]` names it."""
 
     # ---- building -----------------------------------------------------------------------------
+    @property
+    def order(self) -> list[int]:
+        """Node ids in sequence (ties of the topological order go to the earlier)."""
+        return self.graph.setdefault("order", [])
+
     def add(self, op: Op, args=(), attrs: dict | None = None, loc: str | None = None,
-            id: float | None = None) -> float:
-        """Add a node reading `args`; returns its id (the next integer unless `id` is given)."""
+            id: int | None = None, before: int | None = None, after: int | None = None) -> int:
+        """Add a node reading `args`; returns its id (the next integer unless `id` is given).
+        It goes last in the sequence, or just before node `before` / just after `after`."""
         if id is None:
-            id = int(max(self.nodes, default=-1)) + 1
-        assert id not in self, f"node id {id} is taken"
+            id = max(self.nodes, default=-1) + 1
+        assert isinstance(id, int) and id not in self, f"node id {id} is taken or not an int"
+        if before is not None:
+            self.order.insert(self.order.index(before), id)
+        elif after is not None:
+            self.order.insert(self.order.index(after) + 1, id)
+        else:
+            self.order.append(id)
         self.add_node(id, node=Node(op, tuple(args), dict(attrs or {}), loc))
         for a in args:
             assert a in self, f"operand %{a} of new {op.value} node does not exist"
@@ -79,19 +93,15 @@ class Graph(nx.DiGraph):
     def remove(self, i) -> None:
         assert not list(self.successors(i)), f"removing %{i}, which is still read"
         self.remove_node(i)
+        self.order.remove(i)
+
+    def remove_nodes_from(self, nodes) -> None:
+        nodes = set(nodes)
+        super().remove_nodes_from(nodes)
+        self.graph["order"] = [n for n in self.order if n not in nodes]
 
     def users(self, i) -> list:
         return sorted(self.successors(i))
-
-    def id_before(self, i) -> float:
-        """A fresh id that sorts just before i (and after every existing id below i)."""
-        lower = max((n for n in self.nodes if n < i), default=i - 1)
-        return (lower + i) / 2
-
-    def id_after(self, i) -> float:
-        """A fresh id that sorts just after i (and before every existing id above i)."""
-        upper = min((n for n in self.nodes if n > i), default=i + 1)
-        return (i + upper) / 2
 
     def nodes_of(self, *ops: Op) -> list:
         return [n for n in self.topo_order() if self.op(n) in ops]
@@ -106,13 +116,16 @@ class Graph(nx.DiGraph):
 
     # ---- order, copies, text ------------------------------------------------------------------
     def topo_order(self) -> list:
-        """The canonical order: topological, ties broken by id."""
-        return list(nx.lexicographical_topological_sort(self, key=lambda n: n))
+        """The canonical order: topological, ties broken by position in the sequence."""
+        pos = {n: k for k, n in enumerate(self.order)}
+        assert len(pos) == len(self), "the node sequence and the nodes differ"
+        return list(nx.lexicographical_topological_sort(self, key=pos.__getitem__))
 
     def clone(self) -> Graph:
         g = Graph(name=self.graph.get("name", "program"))
-        for n in self.nodes:
+        for n in self.order:
             g.add_node(n, node=self.node(n).copy())
+        g.graph["order"] = list(self.order)
         g.add_edges_from(self.edges)
         return g
 
@@ -141,8 +154,8 @@ class Graph(nx.DiGraph):
         """The canonical text; `marks` maps node ids to notes appended as comments."""
         try:
             order = self.topo_order()
-        except nx.NetworkXUnfeasible:  # a cycle: print in id order so the verifier can show it
-            order = sorted(self.nodes)
+        except nx.NetworkXUnfeasible:  # a cycle: print in sequence so the verifier can show it
+            order = list(self.order)
         number = {n: i for i, n in enumerate(order)}
         lines = [f"program {self.graph.get('name', 'program')}"]
         for n in order:

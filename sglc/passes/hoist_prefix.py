@@ -44,7 +44,7 @@ def run(g: Graph, ctx=None) -> Graph:
     for fork in g.nodes_of(Op.FORK):
         if g.node(fork).attrs["n"] > 1:
             parent = g.node(fork).args[0]
-            c = g.add(Op.COMMIT, (parent,), id=g.id_before(fork), loc=g.node(fork).loc)
+            c = g.add(Op.COMMIT, (parent,), before=fork, loc=g.node(fork).loc)
             g.set_args(fork, (c,))
     _commit_batch_prefix(g)
     return g
@@ -79,7 +79,7 @@ def _hoist_once(g: Graph, fork) -> bool:
         return False
     first = g.node(firsts[0])
     parent = g.node(fork).args[0]
-    h = g.add(first.op, (parent,), dict(first.attrs), first.loc, id=g.id_before(fork))
+    h = g.add(first.op, (parent,), dict(first.attrs), first.loc, before=fork)
     g.set_args(fork, (h,))
     for c, f in zip(children, firsts):
         g.replace_uses(f, c)
@@ -97,5 +97,5 @@ def _commit_batch_prefix(g: Graph) -> None:
         cur = nxt[0]
     if g.op(cur) is Op.BEGIN:
         return
-    c = g.add(Op.COMMIT, (cur,), {"batch": True}, g.node(cur).loc, id=g.id_after(cur))
+    c = g.add(Op.COMMIT, (cur,), {"batch": True}, g.node(cur).loc, after=cur)
     g.replace_uses(cur, c, skip={c})
