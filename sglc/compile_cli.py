@@ -12,6 +12,8 @@ from pathlib import Path
 
 from sglc_runtime.errors import SglcError
 
+from .engine_args import add_engine_args, engine_kwargs
+
 
 class CliError(SglcError):
     """A bad command line (missing file, unknown function, malformed --arg)."""
@@ -86,7 +88,6 @@ def parse_arg(item: str) -> tuple[str, object]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .backend.runtime import Runtime
-    from .cli import engine_kwargs
     from .compiler import compile as sgl_compile
 
     programs = _pick(load_programs(args.file), args.function, args.file)
@@ -112,8 +113,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def add_compile_commands(sub) -> None:
-    from .cli import add_engine_args
-
     c = sub.add_parser("compile", help="compile a file's programs and print their IR")
     c.add_argument("file", help="a Python file defining @sgl.function programs")
     c.add_argument("--function", help="only this program")

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 import sglc as sgl
-from sglc.backend.base import BaseBackend
+from sglc.lang.backend import BaseBackend
 from sglc.backend.openai import TokenUsage
 from sglc.lang.chat_template import get_chat_template
 

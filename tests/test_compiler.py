@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import sglc as sgl
-from sglc.backend.base import BaseBackend
+from sglc.lang.backend import BaseBackend
 from sglc.ir import Op, parse
 from sglc.lang.chat_template import get_chat_template
 from sglc.lang.choices import ChoicesDecision

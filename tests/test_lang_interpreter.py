@@ -9,7 +9,7 @@ import pytest
 from sglc_runtime.errors import InvalidRequestError
 
 import sglc as sgl
-from sglc.backend.base import BaseBackend
+from sglc.lang.backend import BaseBackend
 from sglc.lang import api
 from sglc.lang.chat_template import ChatTemplate, get_chat_template
 from sglc.lang.choices import ChoicesDecision

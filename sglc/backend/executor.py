@@ -31,7 +31,7 @@ from ..lang.primitives import (
     SglVarScopeEnd,
     as_expr,
 )
-from .base import BaseBackend
+from ..lang.backend import BaseBackend
 from .plan import Instance, Plan, SnapshotState, _has_model_call, clone
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from sglc_runtime.errors import SglcError
 from ..lang.chat_template import ChatTemplate, get_chat_template
 from ..lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from ..lang.primitives import SglSamplingParams
-from .base import BaseBackend
+from ..lang.backend import BaseBackend
 
 logger = logging.getLogger(__name__)
 

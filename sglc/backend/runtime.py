@@ -12,7 +12,7 @@ from sglc_runtime.engine import Engine
 from ..lang.chat_template import ChatTemplate, get_chat_template, template_for_model
 from ..lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from ..lang.primitives import ProgramError, SglSamplingParams
-from .base import BaseBackend
+from ..lang.backend import BaseBackend
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import logging
 
 from sglc_runtime.errors import SglcError
 
-from ..backend.base import BaseBackend
+from .backend import BaseBackend
 from .interpreter import StreamExecutor
 from .primitives import SglSamplingParams
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..lang.chat_template import ChatTemplate
-from ..lang.choices import ChoicesDecision, ChoicesSamplingMethod
-from ..lang.primitives import SglSamplingParams
+from .chat_template import ChatTemplate
+from .choices import ChoicesDecision, ChoicesSamplingMethod
+from .primitives import SglSamplingParams
 
 
 class BaseBackend:

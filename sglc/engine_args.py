@@ -1,0 +1,57 @@
+"""The engine flags every `sglc` subcommand that starts an engine takes, named like SGLang's and
+vLLM's server arguments, and their mapping to `Engine` keyword arguments."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Engine flags, named like SGLang's and vLLM's server arguments."""
+    g = p.add_argument_group("engine")
+    g.add_argument("--model-path", default=None,
+                   help="a .gguf file or Hugging Face folder (default: SmolLM2-135M-Instruct)")
+    g.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
+    g.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size in tokens")
+    g.add_argument("--max-running-requests", type=int, default=256)
+    g.add_argument("--chunked-prefill-size", type=int, default=2048)
+    g.add_argument("--schedule-policy", default="lpm", choices=["lpm", "fcfs"])
+    g.add_argument("--disable-radix-cache", action="store_true")
+    g.add_argument("--disable-regex-jump-forward", action="store_true")
+    g.add_argument("--disable-cascade-attention", action="store_true",
+                   help="attend a batch's shared cached prefix per request, not once")
+    g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"],
+                   help="decode attention: triton reads the KV pool in place (CUDA)")
+    g.add_argument("--disable-cuda-graph", action="store_true",
+                   help="on CUDA, run decode steps eagerly instead of replaying graphs")
+    g.add_argument("--cuda-graph-max-bs", type=int, default=160)
+    g.add_argument("--disable-prepacked-linear", action="store_true",
+                   help="on the CPU, use torch's F.linear instead of oneDNN-packed weights")
+    g.add_argument("--quantization", default="auto", choices=["auto", "none", "int4"],
+                   help="int4: small-batch decode reads int4 weights (CPU, faster batch-1); "
+                        "auto: int4 in bfloat16 when the GGUF's projections are 4-bit already")
+    g.add_argument("--engine-in-process", action="store_true",
+                   help="run the engine on a thread of this process, not in its own process "
+                        "(lower batch-1 latency; the caller's torch work then slows it)")
+    g.add_argument("--dp", "--dp-size", dest="dp_size", type=int, default=1,
+                   help="engine replicas (processes) behind a cache-aware router")
+    g.add_argument("--router-policy", default="cache_aware",
+                   choices=["cache_aware", "round_robin", "random"])
+    g.add_argument("--log-level", default="warning")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    return dict(model_path=args.model_path, dtype=args.dtype,
+                max_total_tokens=args.max_total_tokens,
+                max_running_requests=args.max_running_requests,
+                chunked_prefill_size=args.chunked_prefill_size,
+                schedule_policy=args.schedule_policy,
+                disable_radix_cache=args.disable_radix_cache,
+                disable_regex_jump_forward=args.disable_regex_jump_forward,
+                disable_cascade_attention=args.disable_cascade_attention,
+                attention_backend=args.attention_backend,
+                disable_cuda_graph=args.disable_cuda_graph,
+                cuda_graph_max_bs=args.cuda_graph_max_bs,
+                disable_prepacked_linear=args.disable_prepacked_linear,
+                quantization=args.quantization, engine_in_process=args.engine_in_process,
+                dp_size=args.dp_size, router_policy=args.router_policy)
