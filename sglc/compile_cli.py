@@ -49,17 +49,28 @@ def _pick(programs: dict, name: str | None, path: str) -> dict:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    """Compile every program of the file; print the IR of those that compile and list, on
+    stderr, those that run eagerly and why. Exit 2 for mistakes in a program (or, with
+    --strict, for any program that does not compile)."""
     from .compiler import compile as sgl_compile
     from .ir.drawing import draw
+    from .parser import CompileError, ProgramCheckError
 
     passes = None
     if args.passes is not None:
         passes = [p.strip() for p in args.passes.split(",") if p.strip() and p != "none"]
     programs = _pick(load_programs(args.file), args.function, args.file)
-    texts = []
+    texts, eager, wrong = [], [], []
     for name, program in programs.items():
-        compiled = sgl_compile(program, strict=True, passes=passes,
-                               print_ir_after_all=args.print_ir_after_all)
+        try:
+            compiled = sgl_compile(program, strict=True, passes=passes,
+                                   print_ir_after_all=args.print_ir_after_all)
+        except ProgramCheckError as e:
+            wrong.append((name, e))
+            continue
+        except CompileError as e:
+            eager.append((name, e))
+            continue
         texts.append(compiled.ir)
         if args.dot:
             out = Path(args.dot)
@@ -72,7 +83,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text)
     else:
         sys.stdout.write(text)
-    return 0
+    print(f"sglc: {len(texts)} of {len(programs)} programs compiled", file=sys.stderr)
+    for name, e in eager:
+        print(f"sglc: {name} runs eagerly: {e}", file=sys.stderr)
+    for name, e in wrong:
+        print(f"sglc: error in {name}: {e}", file=sys.stderr)
+    return 2 if wrong or (args.strict and eager) else 0
 
 
 def parse_arg(item: str) -> tuple[str, object]:
@@ -121,6 +137,8 @@ def add_compile_commands(sub) -> None:
     c.add_argument("--print-ir-after-all", action="store_true",
                    help="print the IR after each pass (to stderr)")
     c.add_argument("--dot", metavar="FILE", help="draw the graph to FILE.svg or FILE.png")
+    c.add_argument("--strict", action="store_true",
+                   help="exit 2 if a program does not compile (instead of listing it)")
     add_engine_args(c)
     c.set_defaults(func=cmd_compile)
 

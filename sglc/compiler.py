@@ -43,10 +43,10 @@ class CompiledProgram(SglFunction):
         try:
             self._specialize(self.static)
         except Exception as e:
-            from .parser import CompileError, CompileWarning
+            from .parser import CompileError, CompileWarning, ProgramCheckError
 
-            if strict or not isinstance(e, CompileError):
-                raise
+            if strict or not isinstance(e, CompileError) or isinstance(e, ProgramCheckError):
+                raise  # a mistake in the program fails eagerly too: say so now
             self.compile_error = e
             warnings.warn(f"{e.location}: sglc cannot compile {self.__name__}: {e.message}; "
                           "it runs eagerly", CompileWarning, stacklevel=3)

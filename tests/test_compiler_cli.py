@@ -42,11 +42,11 @@ def test_compile_draws_the_graph(tmp_path, capsys):
 
 def test_user_errors_exit_nonzero_naming_the_line(tmp_path, capsys):
     prog = tmp_path / "prog.py"
-    prog.write_text("import sglc as sgl\n\n\n@sgl.function\ndef p(s, x):\n    while x:\n"
-                    "        s += 'a'\n")
+    prog.write_text("import sglc as sgl\n\n\n@sgl.function\ndef p(s, x):\n"
+                    "    s += sgl.gen('a', max_tokens='lots')\n")
     assert main(["compile", str(prog)]) == 2
     err = capsys.readouterr().err
-    assert f"{prog}:6:5:" in err and "While" in err and "^" in err
+    assert f"{prog}:6:34:" in err and "max_tokens='lots'" in err and "^" in err
     assert main(["compile", str(prog), "--function", "nope"]) == 2
     assert "no program 'nope'" in capsys.readouterr().err
     assert main(["compile", str(tmp_path / "missing.py")]) == 2
@@ -74,3 +74,16 @@ def test_run_one_program(monkeypatch, capsys):
     assert "pick one with --function" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["run"])
+
+
+def test_compile_lists_programs_that_run_eagerly(tmp_path, capsys):
+    prog = tmp_path / "prog.py"
+    prog.write_text("import sglc as sgl\n\n\n@sgl.function\ndef ok(s):\n    s += 'a'\n\n\n"
+                    "@sgl.function\ndef dyn(s):\n    while 'x' not in s.text():\n"
+                    "        s += sgl.gen(max_tokens=1)\n")
+    assert main(["compile", str(prog)]) == 0  # a fallback is not an error
+    out, err = capsys.readouterr()
+    assert "program ok" in out and "program dyn" not in out
+    assert "1 of 2 programs compiled" in err and f"dyn runs eagerly: {prog}:11:" in err
+    assert "while" in err and " object at 0x" not in err
+    assert main(["compile", str(prog), "--strict"]) == 2

@@ -9,6 +9,7 @@ from test_compiler import SAMPLES, load_module
 
 import sglc as sgl
 from sglc.lang.primitives import SglSamplingParams
+from sglc.parser import CompileWarning
 
 pytestmark = pytest.mark.model
 
@@ -98,3 +99,76 @@ def _sample_path(stem: str):
     from test_compiler import ROOT
 
     return ROOT / "samples" / f"{stem}.py"
+
+
+# ---- constructs the compiler follows since issue 12: compiled == eager at temperature 0 ---------
+@sgl.function
+def zip_judge(s, answer):
+    dims = ["accuracy", "clarity", "style"]
+    s += "Answer: " + answer + "\n"
+    forks = s.fork(3)
+    for f, dim in zip(forks, dims):
+        f += f"Rate the {dim} from 1 to 5: " + sgl.gen("score", max_tokens=3, stop="\n")
+    forks.join()
+    s += "Scores: " + ", ".join(s["score"])
+
+
+@sgl.function
+def enumerate_inline_fork(s, answer):
+    s += "Answer: " + answer + "\n"
+    forks = s.fork(2)
+    for i, (f, word) in enumerate(zip(forks, ["good", "bad"]), start=1):
+        f += f"Reason {i} it is {word}:" + sgl.gen("why", max_tokens=6, stop="\n")
+    forks.join()
+    s += "Done: " + str(len(s["why"]))
+
+
+@sgl.function
+def while_counted(s, answer):
+    s += "Answer: " + answer + "\nSteps:"
+    n = 0
+    while n < 3:
+        s += f"\n{n + 1}." + sgl.gen("step", max_tokens=5, stop="\n")
+        n += 1
+
+
+@sgl.function
+def helper(s, topic, n=2):
+    s += f"Write {n} words about {topic}:" + sgl.gen("words", max_tokens=6, stop="\n")
+
+
+@sgl.function
+def helper_and_try(s, answer):
+    helper(s, "the answer", n=3)
+    try:
+        s += "\nIs it right?" + sgl.select("ok", choices=[" yes", " no"])
+    except Exception:
+        s += "failed"
+    forks = s.fork(2)
+    forks += "\nAnother view:" + sgl.gen("view", max_tokens=5, stop="\n")
+    views = [f["view"] for f in forks]
+    s += "\nViews: " + " | ".join(views)
+
+
+@pytest.mark.parametrize("program", [zip_judge, enumerate_inline_fork, while_counted,
+                                     helper_and_try])
+def test_new_constructs_compile_and_match_eager(program, greedy):
+    args = {"answer": "The sky is blue because of Rayleigh scattering."}
+    compiled = sgl.compile(program, strict=True, backend=greedy)
+    assert compiled.compile_error is None
+    assert compiled.run(backend=greedy, temperature=0, **args).text() == \
+        program.run(backend=greedy, temperature=0, **args).text()
+
+
+def test_data_dependent_while_runs_eagerly_with_a_plain_reason(greedy):
+    @sgl.function
+    def until_yes(s):
+        s += "Say yes:"
+        while "yes" not in s.text().lower()[-20:] and len(s.text()) < 60:
+            s += sgl.gen(max_tokens=3)
+
+    with pytest.warns(CompileWarning, match="while.*run time"):
+        compiled = sgl.compile(until_yes)
+    assert compiled.compile_error is not None and " object at 0x" not in str(compiled.compile_error)
+    assert compiled.run(backend=greedy, temperature=0).text() == \
+        until_yes.run(backend=greedy, temperature=0).text()

@@ -11,15 +11,23 @@ import sys
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from sglc_runtime.errors import SglcError
+from sglc_runtime.errors import InvalidRequestError, SglcError
 
 
 class ProgramError(SglcError):
     """A program used the language wrongly (bad argument, nested roles, unknown variable)."""
 
 
+class SamplingArgumentError(ProgramError, InvalidRequestError):
+    """A gen's sampling argument has the wrong type or range: caught where the gen is written,
+    the same error family the engine would raise for the request."""
+
+
 _DTYPES = {int: "int", float: "float", bool: "bool", str: "str",
            "int": "int", "float": "float", "bool": "bool", "str": "str"}
+
+# gen()'s names for the fields it names differently
+_ARG_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
 
 # Keys the engine takes beside `sampling_params` rather than inside it.
 _LOGPROB_KEYS = ("return_logprob", "logprob_start_len", "top_logprobs_num")
@@ -51,9 +59,42 @@ class SglSamplingParams:
     json_schema: str | None = None
 
     def __post_init__(self) -> None:
-        if self.n is not None and (isinstance(self.n, bool) or not isinstance(self.n, int)
-                                   or self.n < 1):
-            raise ProgramError(f"n={self.n!r}: must be a positive integer")
+        """Type and range checks, so a wrong argument fails where the gen is written (and the
+        compiler reports it at its file:line:col) rather than inside a request."""
+        def bad(name: str, why: str):
+            raise SamplingArgumentError(
+                f"{_ARG_NAMES.get(name, name)}={getattr(self, name)!r}: {why}")
+
+        def integer(name: str, lo: int):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+                bad(name, f"must be an integer >= {lo}")
+
+        def number(name: str, lo: float, hi: float, lo_open: bool = False):
+            v = getattr(self, name)
+            if v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not \
+                    ((lo < v if lo_open else lo <= v) and v <= hi):
+                bad(name, f"must be a number in {'(' if lo_open else '['}{lo}, {hi}]")
+
+        integer("max_new_tokens", 0)
+        integer("min_new_tokens", 0)
+        integer("n", 1)
+        integer("top_logprobs_num", 0)
+        number("temperature", 0, float("inf"))
+        number("top_p", 0, 1, lo_open=True)
+        number("min_p", 0, 1)
+        number("frequency_penalty", -2, 2)
+        number("presence_penalty", -2, 2)
+        number("repetition_penalty", 0, 2, lo_open=True)
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(
+                self.top_k, int) or self.top_k == 0 or self.top_k < -1):
+            bad("top_k", "must be -1 (off) or a positive integer")
+        if self.stop is not None and not isinstance(self.stop, str) and not (
+                isinstance(self.stop, (list, tuple)) and all(isinstance(x, str)
+                                                             for x in self.stop)):
+            bad("stop", "must be a string or a list of strings")
         if self.dtype is not None:
             if self.dtype not in _DTYPES:
                 raise ProgramError(f"dtype={self.dtype!r}: must be one of int, float, bool, str")
@@ -63,8 +104,18 @@ class SglSamplingParams:
                 re.compile(self.regex)
             except re.error as e:
                 raise ProgramError(f"regex={self.regex!r} does not compile: {e}") from None
-        if self.json_schema is not None and not isinstance(self.json_schema, str):
-            self.json_schema = json.dumps(self.json_schema)  # a dict schema is fine too
+        if self.json_schema is not None:
+            schema = self.json_schema
+            if isinstance(schema, str):
+                try:
+                    schema = json.loads(schema)
+                except ValueError as e:
+                    raise ProgramError(f"json_schema is not valid JSON: {e}") from None
+            if not isinstance(schema, (dict, bool)):
+                raise ProgramError(f"json_schema must be a JSON schema (an object), got "
+                                   f"{type(schema).__name__}")
+            if not isinstance(self.json_schema, str):
+                self.json_schema = json.dumps(self.json_schema)  # a dict schema is fine too
 
     def merge(self, over: SglSamplingParams) -> SglSamplingParams:
         """These params with every field that `over` gives replaced by `over`'s value."""

@@ -4,7 +4,7 @@
 branches and exits, `exprs` for expressions and `s += ...`); `fold` evaluates what is known at
 compile time; `builder` emits the nodes and lowers control flow to branch/merge gating."""
 
-from .errors import CompileError, CompileWarning
+from .errors import CompileError, CompileWarning, ProgramCheckError
 from .program import lower_program
 
-__all__ = ["CompileError", "CompileWarning", "lower_program"]
+__all__ = ["CompileError", "CompileWarning", "ProgramCheckError", "lower_program"]

@@ -69,25 +69,81 @@ class ControlMixin:
             self.frame.loops.pop()
         self.continue_from(self.b.merge(loop.breaks + [self.b.snapshot(self.frame.locals)]))
 
+    def stmt_Try(self, st: ast.Try) -> None:
+        """`try` around appends (`s += gen(...)`): eagerly an append never raises a model's
+        error (it surfaces where a variable is read), so the handlers cannot run and the body
+        and `else` are compiled as they are. Anything else in the body could raise where it
+        is, so such a program runs eagerly."""
+        if st.finalbody:
+            raise self.error(st, "`try ... finally` is not compiled; the program runs eagerly")
+        for x in st.body:
+            ok = isinstance(x, ast.AugAssign) and isinstance(x.op, ast.Add) and \
+                self.state_of(x.target) is not None and self.fold(x.value)[0]
+            if not ok:
+                raise self.error(x, "a `try` block is compiled only when it holds appends of "
+                                    "constant text and gen/select calls (anything else could "
+                                    "raise where it stands); the program runs eagerly")
+        self.block(st.body)
+        self.block(st.orelse)
+
+    def stmt_While(self, st: ast.While) -> None:
+        """Unrolled while its condition folds at compile time (`while n < 3: ...; n += 1`); a
+        condition on generated text has no loop form in the graph, so such a program runs
+        eagerly (the error says so)."""
+        if st.orelse:
+            raise self.error(st, "while ... else is not supported")
+        loop = Loop(self.frame.with_depth)
+        self.frame.loops.append(loop)
+        try:
+            for _ in range(MAX_UNROLL + 1):
+                self.cur = st
+                ok, test = self.fold(st.test)
+                if not ok:
+                    raise self.error(st.test, "this `while` condition depends on values known "
+                                              "only at run time (generated text); the compiler "
+                                              "unrolls loops, so the program runs eagerly")
+                if not test:
+                    break
+                self.block(st.body)
+                self.continue_from(self.b.merge(loop.continues + [self.b.snapshot(
+                    self.frame.locals)]))
+                loop.continues = []
+                if self.b.dead:
+                    break
+            else:
+                raise self.error(st, f"the loop runs more than {MAX_UNROLL} times; the "
+                                     "compiler unrolls loops")
+        finally:
+            self.frame.loops.pop()
+        self.continue_from(self.b.merge(loop.breaks + [self.b.snapshot(self.frame.locals)]))
+
     def loop_items(self, it: ast.expr) -> list:
+        """What a `for` loop binds per iteration: fork branches (`forks`, `s.fork(n)`), compile-time
+        values, and `enumerate(...)` / `zip(...)` of those, item by item."""
         group = self.group_expr(it)
         if group is not None:
             return [StateRef(k) for k in group.keys]
-        if isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and \
-                it.func.id == "enumerate" and it.args and not it.keywords:
-            group = self.group_expr(it.args[0])
-            if group is not None:
-                start = 0
-                if len(it.args) > 1:
-                    ok, start = self.fold(it.args[1], static=True)
-                    if not ok or not isinstance(start, int):
-                        raise self.error(it.args[1], "enumerate's start must be a constant")
-                return [(Const(start + i), StateRef(k)) for i, k in enumerate(group.keys)]
+        if isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.args \
+                and it.func.id in ("enumerate", "zip") \
+                and it.func.id not in self.frame.locals and self._touches_forks(it):
+            if it.func.id == "zip":
+                if it.keywords:
+                    raise self.error(it, "zip over fork branches takes no keyword arguments")
+                return [tuple(items) for items in zip(*(self.loop_items(a) for a in it.args))]
+            start = 0
+            start_expr = it.args[1] if len(it.args) > 1 else next(
+                (k.value for k in it.keywords if k.arg == "start"), None)
+            if start_expr is not None:
+                ok, start = self.fold(start_expr, static=True)
+                if not ok or not isinstance(start, int):
+                    raise self.error(start_expr, "enumerate's start must be a constant")
+            return [(Const(start + i), x) for i, x in enumerate(self.loop_items(it.args[0]))]
         ok, values = self.fold(it, static=True)
         if not ok:
             raise self.error(it, "the compiler unrolls loops, so it must know what this loop "
                                  "iterates over at compile time (a range over constants or "
-                                 "arguments, a constant list, or fork branches)")
+                                 "arguments, a constant list, fork branches, or enumerate / zip "
+                                 "of those)")
         try:
             values = list(values)
         except TypeError:
@@ -96,6 +152,19 @@ class ControlMixin:
             raise self.error(it, f"the loop has {len(values)} iterations; the compiler unrolls "
                                  f"at most {MAX_UNROLL}")
         return [Const(v) for v in values]
+
+    def _touches_forks(self, call: ast.Call) -> bool:
+        """Whether an enumerate/zip call iterates (at some depth) over fork branches."""
+        for a in call.args[:1] if call.func.id == "enumerate" else call.args:
+            if isinstance(a, ast.Call) and isinstance(a.func, ast.Attribute) and \
+                    a.func.attr == "fork":
+                return True
+            if self.group_of(a) is not None:
+                return True
+            if isinstance(a, ast.Call) and isinstance(a.func, ast.Name) and \
+                    a.func.id in ("enumerate", "zip") and self._touches_forks(a):
+                return True
+        return False
 
     def _exit(self, st, kind: str) -> None:
         frame = self.frame

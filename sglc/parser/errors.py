@@ -28,5 +28,11 @@ class CompileError(SglcError):
         return text
 
 
+class ProgramCheckError(CompileError):
+    """The program itself is wrong (a gen argument of the wrong type or range, a bad regex or
+    schema, a name read before it is written): it would fail eagerly too, so it is reported at
+    compile time rather than run eagerly."""
+
+
 class CompileWarning(UserWarning):
     """A program could not be compiled and runs eagerly instead."""

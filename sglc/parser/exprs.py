@@ -9,9 +9,20 @@ import ast
 import copy
 from dataclasses import fields
 
+from sglc_runtime.errors import SglcError
+
 from ..ir.ops import GEN_PARAMS, Op
+from .errors import ProgramCheckError
 from .builder import Const, GroupRef, StateRef, Val, json_exact
-from .fold import PURE_METHODS, Unknown, fold, literal_code, pure_callables, resolve_global
+from .fold import (
+    PURE_METHODS,
+    Unknown,
+    fold,
+    free_names,
+    literal_code,
+    pure_callables,
+    resolve_global,
+)
 from .py_rewrite import PyRewriter
 
 #: SglSamplingParams fields named differently as `sgl.gen` arguments (and IR attributes)
@@ -30,6 +41,16 @@ def _contains_opaque(v, depth: int = 0) -> bool:
     if depth < 4 and isinstance(v, (tuple, list)):
         return any(_contains_opaque(x, depth + 1) for x in v)
     return False
+
+
+def _culprit(e: ast.expr, message: str) -> ast.AST:
+    """The keyword argument an error message starts by naming (`max_tokens=...: ...`), else
+    the expression."""
+    name = message.split("=", 1)[0].strip() if "=" in message.split(":", 1)[0] else None
+    for x in ast.walk(e):
+        if isinstance(x, ast.keyword) and x.arg is not None and x.arg == name:
+            return x.value
+    return e
 
 
 def _methods():
@@ -112,7 +133,13 @@ class ExprMixin:
         raise Unknown(name)
 
     def fold(self, e: ast.expr, static: bool = False) -> tuple[bool, object]:
-        ok, v = fold(e, lambda n: self.lookup(n, static))
+        try:
+            ok, v = fold(e, lambda n: self.lookup(n, static))
+        except SglcError as err:  # e.g. sgl.gen(max_tokens="lots"): report it at its column
+            if any(isinstance(self.frame.locals.get(n), GroupRef) for n in free_names(e)):
+                return False, None  # it met a fork branch's stand-in, not a program mistake
+            raise ProgramCheckError(str(err), *self.frame.src.where(_culprit(e, str(err)))) \
+                from None
         if ok and _contains_opaque(v):
             return False, None
         return ok, v
@@ -185,9 +212,14 @@ class ExprMixin:
             if json_exact(binding.value):
                 return self.b.const(binding.value)
             code = literal_code(binding.value)
+            if code is None and _contains_opaque(binding.value):
+                raise self.frame.src.error(e, "fork branches are used here in a way the compiler "
+                                              "does not follow (it follows `for f in forks`, "
+                                              "enumerate, zip and forks[i])")
             if code is None:
-                raise self.frame.src.error(e, f"the compile-time value {binding.value!r} has no "
-                                              "form in the graph")
+                raise self.frame.src.error(e, f"a value of type {type(binding.value).__name__} "
+                                              "computed at compile time cannot be put in the "
+                                              "graph")
             return self.emit_py(code, [], pure=True)
         if isinstance(binding, StateRef):
             return self.emit_py("_1", [self.b.state(binding.key)], pure=True)

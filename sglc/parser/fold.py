@@ -13,6 +13,8 @@ import math
 import types
 from collections.abc import Callable
 
+from sglc_runtime.errors import SglcError
+
 PURE_BUILTINS = frozenset({
     str, int, float, bool, len, range, min, max, sum, sorted, reversed, list, tuple, dict, set,
     frozenset, abs, round, enumerate, zip, repr, any, all, chr, ord, isinstance, divmod, pow,
@@ -167,5 +169,7 @@ def fold(expr: ast.expr, lookup: Callable[[str], object]) -> tuple[bool, object]
     try:
         code = compile(ast.fix_missing_locations(ast.Expression(expr)), "<fold>", "eval")
         return True, eval(code, ns)
+    except SglcError:  # the language refused its own arguments: a mistake in the program
+        raise
     except Exception:  # noqa: BLE001 - see the docstring
         return False, None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..ir.ops import Op
 from .builder import Builder, Const, GroupRef, StateRef, Val
 from .control import ControlMixin
-from .errors import CompileError
+from .errors import CompileError, ProgramCheckError
 from .exprs import ExprMixin
 from .source import FunctionSource, load_source
 
@@ -206,9 +206,12 @@ class Lowerer(ControlMixin, ExprMixin):
         n = 1
         if size is not None:
             ok, n = self.fold(size, static=True)
-            if not ok or not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise self.error(size, "the number of fork branches must be a positive integer "
-                                       "known at compile time (a constant or an argument)")
+            if ok and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+                raise ProgramCheckError(f"fork({n!r}): the number of branches must be a "
+                                        "positive integer", *self.frame.src.where(size))
+            if not ok:
+                raise self.error(size, "the number of fork branches must be known at compile "
+                                       "time (a constant or an argument)")
         fork = self.b.emit(Op.FORK, (self.b.state(key),), n=n)
         keys = []
         for i in range(n):
