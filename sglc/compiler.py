@@ -11,7 +11,7 @@ import threading
 import warnings
 
 from . import ir  # noqa: F401 - so `sgl.ir.parse` works after `import sglc`
-from .lang.function import SglFunction, _defaults
+from .lang.function import SglFunction
 from .lang.primitives import ProgramError
 
 logger = logging.getLogger(__name__)
@@ -140,10 +140,7 @@ class CompiledProgram(SglFunction):
         batching and speculative execution are the interpreter's), run eagerly."""
         if self.compile_error is not None:
             return True
-        from .lang.api import resolve_backend
-
-        b = resolve_backend(backend)
-        return bool(b.is_chat_model or b.speculative_execution or b.supports_n)
+        return bool(backend.is_chat_model or backend.speculative_execution or backend.supports_n)
 
     def _arguments(self, args: tuple, kwargs: dict) -> dict:
         sig = inspect.signature(self.func)
@@ -167,33 +164,13 @@ class CompiledProgram(SglFunction):
         _, _, plan = self._entry_for(arguments)
         return Instance(plan, arguments, state, envs if envs is not None else Envs(self.func))
 
-    def run(self, *args, max_new_tokens: int = 128, min_new_tokens: int | None = None,
-            stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None,
-            temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1,
-            min_p: float = 0.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-            repetition_penalty: float | None = None, ignore_eos: bool = False,
-            return_logprob: bool | None = None, logprob_start_len: int | None = None,
-            top_logprobs_num: int | None = None, return_text_in_logprobs: bool | None = None,
-            stream: bool = False, backend=None, **kwargs):
-        """Run the program once; returns its `ProgramState`. Raises the program's error."""
+    # ---- execution hooks of SglFunction.run / run_batch ---------------------------------------
+    def _run(self, backend, args: tuple, kwargs: dict, defaults, stream: bool, use_thread: bool):
         if self._runs_eagerly(backend):
-            return self.eager.run(
-                *args, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, stop=stop,
-                stop_token_ids=stop_token_ids, temperature=temperature, top_p=top_p,
-                top_k=top_k, min_p=min_p, frequency_penalty=frequency_penalty,
-                presence_penalty=presence_penalty, repetition_penalty=repetition_penalty,
-                ignore_eos=ignore_eos, return_logprob=return_logprob,
-                logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num,
-                stream=stream, backend=backend, **kwargs)
+            return self.eager._run(backend, args, kwargs, defaults, stream, use_thread)
         from .backend.executor import GraphExecutor
-        from .lang.api import resolve_backend
 
-        backend = resolve_backend(backend)
         self.prepare(backend)
-        defaults = _defaults(max_new_tokens, min_new_tokens, stop, stop_token_ids, temperature,
-                             top_p, top_k, min_p, frequency_penalty, presence_penalty,
-                             repetition_penalty, ignore_eos, return_logprob, logprob_start_len,
-                             top_logprobs_num)
         inst = self._instance(backend, self._arguments(args, kwargs), defaults, stream)
         executor = GraphExecutor(backend, stream=stream)
         if stream:
@@ -207,46 +184,20 @@ class CompiledProgram(SglFunction):
             raise inst.mirror.error_
         return inst.state
 
-    def run_batch(self, batch_kwargs, *, max_new_tokens: int = 128,
-                  min_new_tokens: int | None = None, stop: str | list[str] | None = None,
-                  stop_token_ids: list[int] | None = None, temperature: float = 1.0,
-                  top_p: float = 1.0, top_k: int = -1, min_p: float = 0.0,
-                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-                  repetition_penalty: float | None = None, ignore_eos: bool = False,
-                  return_logprob: bool | None = None, logprob_start_len: int | None = None,
-                  top_logprobs_num: int | None = None,
-                  return_text_in_logprobs: bool | None = None, backend=None,
-                  num_threads: int | str = "auto", progress_bar: bool = False):
-        """Run the program once per argument dict (or tuple), all instances in one dataflow
-        schedule; returns the states in order. A failed program's error is on its state."""
-        sampling = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens,
-                    "stop": stop, "stop_token_ids": stop_token_ids, "temperature": temperature,
-                    "top_p": top_p, "top_k": top_k, "min_p": min_p,
-                    "frequency_penalty": frequency_penalty,
-                    "presence_penalty": presence_penalty,
-                    "repetition_penalty": repetition_penalty, "ignore_eos": ignore_eos,
-                    "return_logprob": return_logprob, "logprob_start_len": logprob_start_len,
-                    "top_logprobs_num": top_logprobs_num}
+    def _run_batch(self, backend, batch_kwargs: list[dict], defaults, num_threads,
+                   progress_bar: bool, generator_style: bool):
+        """All instances in one dataflow schedule; a failed program's error is on its state."""
         if self._runs_eagerly(backend):
-            return self.eager.run_batch(batch_kwargs, backend=backend, num_threads=num_threads,
-                                        progress_bar=progress_bar, **sampling)
+            return self.eager._run_batch(backend, batch_kwargs, defaults, num_threads,
+                                         progress_bar, generator_style)
         from .backend.executor import GraphExecutor
-        from .lang.api import resolve_backend
-
-        if not isinstance(batch_kwargs, (list, tuple)):
-            raise ProgramError("run_batch takes a list of argument dicts")
-        if not batch_kwargs:
-            return []
-        backend = resolve_backend(backend)
-        self.prepare(backend)
-        defaults = _defaults(*sampling.values())
         from .backend.plan import Envs
 
+        self.prepare(backend)
         instances, states, envs = [], [], Envs(self.func)
         for item in batch_kwargs:
             try:
-                inst = self._instance(backend, self._arguments((), self._as_kwargs(item)),
-                                      defaults, False, envs)
+                inst = self._instance(backend, self._arguments((), item), defaults, False, envs)
             except Exception as e:  # noqa: BLE001 - e.g. a bad argument: kept on its state
                 states.append(self._failed_state(backend, defaults, e))
                 continue
@@ -261,7 +212,7 @@ class CompiledProgram(SglFunction):
         GraphExecutor(backend, max_active=max_active, progress=pbar).run(instances)
         if pbar is not None:
             pbar.close()
-        return states
+        return iter(states) if generator_style else states
 
     def _failed_state(self, backend, defaults, err: BaseException):
         from .lang.interpreter import StreamExecutor

@@ -10,7 +10,7 @@ import torch
 from .config import EngineConfig
 from .jump_forward import jump_forward
 from .model_runner import ModelRunner
-from .outputs import append_token, record_input_logprobs
+from .outputs import append_token, record_input_logprobs, top_list
 from .request import Req, ReqStatus
 from .sampler import needs_penalties, sample
 from .scheduler import ScheduledBatch, Scheduler
@@ -113,10 +113,13 @@ class EngineCore:
         return batch.reqs
 
     def _sample(self, reqs: list[Req], logits: torch.Tensor) -> None:
-        zero = [r for r in reqs if r.params.max_new_tokens == 0]
-        for r in zero:  # prompt-only requests (e.g. select scoring) finish without a token
-            r.finish_reason = {"type": "length", "length": 0}
-            r.status = ReqStatus.FINISHED
+        for i, r in enumerate(reqs):  # prompt-only requests (select scoring) take no token
+            if r.params.max_new_tokens == 0:
+                if r.return_logprob and r.top_logprobs_num:  # but may ask what would come next
+                    row = torch.log_softmax(logits[i].float(), dim=-1)
+                    r.output_top_logprobs.append(top_list(row, r.top_logprobs_num))
+                r.finish_reason = {"type": "length", "length": 0}
+                r.status = ReqStatus.FINISHED
         keep = [i for i, r in enumerate(reqs) if r.params.max_new_tokens > 0]
         if keep:
             reqs_k = [reqs[i] for i in keep]

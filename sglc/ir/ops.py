@@ -49,7 +49,8 @@ S, V, G = Kind.STATE, Kind.VALUE, Kind.GROUP
 #: gen attributes besides the sampling parameters
 GEN_EXTRA = ("name", "group", "extra_stop")
 #: sampling-parameter attributes of `gen`, named as `sgl.gen`'s arguments
-GEN_PARAMS = ("max_tokens", "min_tokens", "stop", "stop_token_ids", "temperature", "top_p",
+GEN_PARAMS = ("max_tokens", "min_tokens", "stop", "stop_token_ids", "stop_regex", "temperature",
+              "top_p",
               "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty",
               "ignore_eos", "return_logprob", "logprob_start_len", "top_logprobs_num", "dtype",
               "regex", "json_schema")

@@ -65,7 +65,8 @@ def flush_cache(backend=None) -> bool:
 def gen(name: str | None = None, max_tokens: int | None = None,
         min_tokens: int | None = None, n: int | None = None,
         stop: str | list[str] | None = None,
-        stop_token_ids: list[int] | None = None, temperature: float | None = None,
+        stop_token_ids: list[int] | None = None, stop_regex: str | list[str] | None = None,
+        temperature: float | None = None,
         top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
         frequency_penalty: float | None = None, presence_penalty: float | None = None,
         ignore_eos: bool | None = None, return_logprob: bool | None = None,
@@ -75,17 +76,18 @@ def gen(name: str | None = None, max_tokens: int | None = None,
         choices_method: ChoicesSamplingMethod | None = None, regex: str | None = None,
         json_schema: str | dict | None = None):
     """Generate text into variable `name`. Unset arguments take the program's defaults (from
-    `run`: max_new_tokens=128, temperature=1.0, ...). `dtype`, `regex` and `json_schema`
-    constrain the output; `choices` makes it a `select`; `n` > 1 samples n continuations (the
-    variable holds the list of them, the text continues with the first). Logprob entries always carry their
-    token's text, so `return_text_in_logprobs` is accepted for SGLang programs and ignored."""
+    `run`: max_new_tokens=128, temperature=1.0, ...); the arguments come in SGLang's order.
+    `dtype`, `regex` and `json_schema` constrain the output; `choices` makes it a `select`;
+    `n` > 1 samples n continuations (the variable holds the list of them, the text continues
+    with the first); `stop_regex` ends at a match. Logprob entries always carry their token's
+    text, so `return_text_in_logprobs` is accepted for SGLang programs and ignored."""
     if choices:
         return SglSelect(name, choices, 0.0 if temperature is None else temperature,
                          choices_method or token_length_normalized)
     return SglGen(name, SglSamplingParams(
         max_new_tokens=max_tokens, min_new_tokens=min_tokens, n=n, stop=stop,
-        stop_token_ids=stop_token_ids, temperature=temperature, top_p=top_p, top_k=top_k,
-        min_p=min_p, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+        stop_token_ids=stop_token_ids, stop_regex=stop_regex, temperature=temperature,
+        top_p=top_p, top_k=top_k, min_p=min_p, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
         ignore_eos=ignore_eos, return_logprob=return_logprob,
         logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num, dtype=dtype,
         regex=regex, json_schema=json_schema))

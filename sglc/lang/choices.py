@@ -44,6 +44,12 @@ class _RuntimeMethod(ChoicesSamplingMethod):
 
         d = CHOICES_METHODS[self.name](choices, input_token_logprobs,
                                        unconditional_token_logprobs)
+        decision = d.decision
+        if self.name == "token_length_normalized":
+            # as SGLang: the backend's normalized logprobs decide (a backend may normalize over
+            # other tokens than the ones it lists, e.g. after token healing)
+            best = max(range(len(choices)), key=normalized_prompt_logprobs.__getitem__)
+            decision = choices[best]
         meta = {"normalized_prompt_logprobs": normalized_prompt_logprobs,
                 "input_token_logprobs": input_token_logprobs,
                 "output_token_logprobs": output_token_logprobs}
@@ -53,7 +59,7 @@ class _RuntimeMethod(ChoicesSamplingMethod):
             meta["unconditional_token_logprobs"] = unconditional_token_logprobs
             meta["normalized_unconditional_prompt_logprobs"] = \
                 d.normalized_unconditional_prompt_logprobs
-        return ChoicesDecision(d.decision, meta)
+        return ChoicesDecision(decision, meta)
 
     def __repr__(self) -> str:
         return self.name

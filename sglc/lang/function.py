@@ -8,16 +8,17 @@ from collections.abc import Callable
 from .primitives import ProgramError, SglSamplingParams
 
 
-def _defaults(max_new_tokens, min_new_tokens, stop, stop_token_ids, temperature, top_p, top_k,
-              min_p, frequency_penalty, presence_penalty, repetition_penalty, ignore_eos,
-              return_logprob, logprob_start_len, top_logprobs_num) -> SglSamplingParams:
+def _defaults(max_new_tokens, min_new_tokens, n, stop, stop_token_ids, stop_regex, temperature,
+              top_p, top_k, min_p, frequency_penalty, presence_penalty, repetition_penalty,
+              ignore_eos, return_logprob, logprob_start_len, top_logprobs_num
+              ) -> SglSamplingParams:
     return SglSamplingParams(
-        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, stop=stop,
-        stop_token_ids=stop_token_ids, temperature=temperature, top_p=top_p, top_k=top_k,
-        min_p=min_p, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-        repetition_penalty=repetition_penalty, ignore_eos=ignore_eos,
-        return_logprob=return_logprob, logprob_start_len=logprob_start_len,
-        top_logprobs_num=top_logprobs_num)
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, n=n, stop=stop,
+        stop_token_ids=stop_token_ids, stop_regex=stop_regex, temperature=temperature,
+        top_p=top_p, top_k=top_k, min_p=min_p, frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty, repetition_penalty=repetition_penalty,
+        ignore_eos=ignore_eos, return_logprob=return_logprob,
+        logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num)
 
 
 class SglFunction:
@@ -50,49 +51,70 @@ class SglFunction:
                            {**self.bind_arguments, **kwargs})
 
     def run(self, *args, max_new_tokens: int = 128, min_new_tokens: int | None = None,
-            stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None,
+            n: int | None = None, stop: str | list[str] | None = None,
+            stop_token_ids: list[int] | None = None, stop_regex: str | list[str] | None = None,
             temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1,
             min_p: float = 0.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
             repetition_penalty: float | None = None, ignore_eos: bool = False,
             return_logprob: bool | None = None, logprob_start_len: int | None = None,
             top_logprobs_num: int | None = None, return_text_in_logprobs: bool | None = None,
-            stream: bool = False, backend=None, **kwargs):
-        """Run the program once; returns its `ProgramState`. Raises the program's error."""
+            stream: bool = False, backend=None, use_thread: bool = True, **kwargs):
+        """Run the program once; returns its `ProgramState`. Raises the program's error.
+        `use_thread=False` runs each appended expression on the calling thread. A program
+        with a parameter named `n` gets `n=` as its argument (else it is the sample count)."""
         from .api import resolve_backend
-        from .runner import run_program
 
-        defaults = _defaults(max_new_tokens, min_new_tokens, stop, stop_token_ids,
-                             temperature, top_p, top_k, min_p, frequency_penalty,
+        if n is not None and "n" in self.arg_names:
+            kwargs["n"], n = n, None
+
+        defaults = _defaults(max_new_tokens, min_new_tokens, n, stop, stop_token_ids,
+                             stop_regex, temperature, top_p, top_k, min_p, frequency_penalty,
                              presence_penalty, repetition_penalty, ignore_eos, return_logprob,
                              logprob_start_len, top_logprobs_num)
-        return run_program(self, resolve_backend(backend), args, kwargs, defaults, stream)
+        return self._run(resolve_backend(backend), args, kwargs, defaults, stream, use_thread)
 
     def run_batch(self, batch_kwargs, *, max_new_tokens: int = 128,
-                  min_new_tokens: int | None = None, stop: str | list[str] | None = None,
-                  stop_token_ids: list[int] | None = None, temperature: float = 1.0,
+                  min_new_tokens: int | None = None, n: int | None = None,
+                  stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None,
+                  stop_regex: str | list[str] | None = None, temperature: float = 1.0,
                   top_p: float = 1.0, top_k: int = -1, min_p: float = 0.0,
                   frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                   repetition_penalty: float | None = None, ignore_eos: bool = False,
                   return_logprob: bool | None = None, logprob_start_len: int | None = None,
                   top_logprobs_num: int | None = None,
                   return_text_in_logprobs: bool | None = None, backend=None,
-                  num_threads: int | str = "auto", progress_bar: bool = False):
+                  num_threads: int | str = "auto", progress_bar: bool = False,
+                  generator_style: bool = False):
         """Run the program once per argument dict (or positional tuple), concurrently; returns
-        the states in order. A failed program's error is on its state (`state.error()`)."""
+        the states in order (`generator_style=True`: yields each, in order, once it is done).
+        A failed program's error is on its state (`state.error()`)."""
         from .api import resolve_backend
-        from .runner import run_program_batch
 
         if not isinstance(batch_kwargs, (list, tuple)):
             raise ProgramError("run_batch takes a list of argument dicts")
-        if not batch_kwargs:
-            return []
         batch_kwargs = [self._as_kwargs(a) for a in batch_kwargs]
-        defaults = _defaults(max_new_tokens, min_new_tokens, stop, stop_token_ids,
-                             temperature, top_p, top_k, min_p, frequency_penalty,
+        defaults = _defaults(max_new_tokens, min_new_tokens, n, stop, stop_token_ids,
+                             stop_regex, temperature, top_p, top_k, min_p, frequency_penalty,
                              presence_penalty, repetition_penalty, ignore_eos, return_logprob,
                              logprob_start_len, top_logprobs_num)
-        return run_program_batch(self, resolve_backend(backend), batch_kwargs, defaults,
-                                 num_threads, progress_bar)
+        if not batch_kwargs:
+            return iter(()) if generator_style else []
+        return self._run_batch(resolve_backend(backend), batch_kwargs, defaults, num_threads,
+                               progress_bar, generator_style)
+
+    # ---- execution hooks (a compiled program overrides these two) -----------------------------
+    def _run(self, backend, args: tuple, kwargs: dict, defaults: SglSamplingParams,
+             stream: bool, use_thread: bool):
+        from .runner import run_program
+
+        return run_program(self, backend, args, kwargs, defaults, stream, use_thread)
+
+    def _run_batch(self, backend, batch_kwargs: list[dict], defaults: SglSamplingParams,
+                   num_threads, progress_bar: bool, generator_style: bool):
+        from .runner import run_program_batch
+
+        return run_program_batch(self, backend, batch_kwargs, defaults, num_threads,
+                                 progress_bar, generator_style)
 
     def _as_kwargs(self, args) -> dict:
         if isinstance(args, dict):

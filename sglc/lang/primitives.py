@@ -43,6 +43,7 @@ class SglSamplingParams:
     n: int | None = None
     stop: str | list[str] | tuple | None = None
     stop_token_ids: list[int] | tuple | None = None
+    stop_regex: str | list[str] | tuple | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -137,13 +138,13 @@ class SglSamplingParams:
         sp: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if v is None or f.name in _LOGPROB_KEYS:
+            if v is None or f.name in _LOGPROB_KEYS or (f.name == "n" and v == 1):
                 continue
             if f.name == "stop":
                 v = [v] if isinstance(v, str) else list(v)
                 if not v:
                     continue
-            if f.name == "stop_token_ids":
+            if f.name in ("stop_token_ids", "stop_regex") and not isinstance(v, str):
                 v = list(v)
                 if not v:
                     continue

@@ -15,11 +15,11 @@ logger = logging.getLogger(__name__)
 
 
 def make_state(program, backend, kwargs: dict, default_params: SglSamplingParams,
-               stream: bool = False):
+               stream: bool = False, use_thread: bool = True):
     from .state import ProgramState
 
     exe = StreamExecutor(backend, kwargs, default_params, stream=stream,
-                         num_api_spec_tokens=program.num_api_spec_tokens)
+                         num_api_spec_tokens=program.num_api_spec_tokens, use_thread=use_thread)
     return ProgramState(exe)
 
 
@@ -39,11 +39,11 @@ def execute(state, program, args: tuple, kwargs: dict) -> None:
 
 
 def run_program(program, backend, args: tuple, kwargs: dict,
-                default_params: SglSamplingParams, stream: bool):
+                default_params: SglSamplingParams, stream: bool, use_thread: bool = True):
     """Run one program; with `stream` it runs on a thread and the state is returned at once
     (errors then surface from `text_iter` and `state.error()`)."""
     kwargs = {**program.bind_arguments, **kwargs}
-    state = make_state(program, backend, kwargs, default_params, stream)
+    state = make_state(program, backend, kwargs, default_params, stream, use_thread)
     if not stream:
         execute(state, program, args, kwargs)
         return state
@@ -61,9 +61,11 @@ def run_program(program, backend, args: tuple, kwargs: dict,
 
 
 def run_program_batch(program, backend, batch_kwargs: list[dict],
-                      default_params: SglSamplingParams, num_threads, progress_bar: bool):
+                      default_params: SglSamplingParams, num_threads, progress_bar: bool,
+                      generator_style: bool = False):
     """Run every program concurrently (their requests batch in the engine); a program that
-    fails keeps its error on its own state (`state.error()`) and the others finish."""
+    fails keeps its error on its own state (`state.error()`) and the others finish. With
+    `generator_style` a generator yields the states in order as they complete."""
     from .tracer import cache_program_prefix
 
     if len(batch_kwargs) > 1:
@@ -81,17 +83,20 @@ def run_program_batch(program, backend, batch_kwargs: list[dict],
             logger.debug("program %s failed in run_batch: %r", program, e)
         return state
 
-    pbar = None
-    if progress_bar:
-        import tqdm
+    def states():
+        pbar = None
+        if progress_bar:
+            import tqdm
 
-        pbar = tqdm.tqdm(total=len(batch_kwargs))
-    with ThreadPoolExecutor(num_threads) as pool:
-        futures = [pool.submit(one, kw) for kw in batch_kwargs]
-        if pbar is not None:
+            pbar = tqdm.tqdm(total=len(batch_kwargs))
+        with ThreadPoolExecutor(num_threads) as pool:
+            futures = [pool.submit(one, kw) for kw in batch_kwargs]
+            if pbar is not None:
+                for f in futures:
+                    f.add_done_callback(lambda _: pbar.update())
             for f in futures:
-                f.add_done_callback(lambda _: pbar.update())
-        states = [f.result() for f in futures]
-    if pbar is not None:
-        pbar.close()
-    return states
+                yield f.result()
+        if pbar is not None:
+            pbar.close()
+
+    return states() if generator_style else list(states())
