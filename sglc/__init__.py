@@ -12,7 +12,9 @@ from .lang.api import (
     gen_int,
     gen_string,
     get_default_backend,
+    image,
     select,
+    separate_reasoning,
     set_default_backend,
     system,
     system_begin,
@@ -20,6 +22,7 @@ from .lang.api import (
     user,
     user_begin,
     user_end,
+    video,
 )
 from .lang.chat_template import ChatTemplate, get_chat_template, register_chat_template
 from .lang.choices import (
@@ -28,6 +31,7 @@ from .lang.choices import (
     unconditional_likelihood_normalized,
 )
 from .lang.function import SglFunction
+from .lang.global_config import global_config
 from .lang.primitives import ProgramError
 from .lang.state import ProgramState, ProgramStateGroup
 
@@ -59,6 +63,10 @@ __all__ = [
     "gen_string",
     "get_chat_template",
     "get_default_backend",
+    "global_config",
+    "image",
+    "separate_reasoning",
+    "video",
     "greedy_token_selection",
     "register_chat_template",
     "select",

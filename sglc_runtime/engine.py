@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import difflib
+import importlib.resources
 import logging
 import queue
 from typing import Any, Iterator
@@ -35,6 +37,26 @@ class _Waiter:
             self.q.put(("chunk", req.text, req))
 
 
+def engine_arguments(kwargs: dict) -> dict:
+    """The EngineConfig fields among `kwargs`. SGLang server arguments with no meaning here
+    (GPU sharding, memory fractions, ...) are accepted and logged; unknown names are an error
+    that lists the close matches."""
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    sglang = set(importlib.resources.files(__package__).joinpath(
+        "sglang_server_args.txt").read_text().split())
+    ignored = sorted(k for k in kwargs if k not in known and k in sglang)
+    unknown = sorted(k for k in kwargs if k not in known and k not in sglang)
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, sorted(known | sglang), n=3) for k in unknown}
+        raise InvalidRequestError("unknown engine argument(s): " + "; ".join(
+            f"{k!r}" + (f" (did you mean {', '.join(map(repr, h))}?)" if h else "")
+            for k, h in hints.items()))
+    if ignored:
+        logger.info("ignoring SGLang server argument(s) with no meaning here: %s",
+                    ", ".join(f"{k}={kwargs[k]!r}" for k in ignored))
+    return {k: v for k, v in kwargs.items() if k in known}
+
+
 class Engine:
     """`Engine(model_path=None, dtype="auto", max_total_tokens=None, disable_radix_cache=False,
     schedule_policy="lpm", chunked_prefill_size=2048, ...)`; see EngineConfig for all knobs.
@@ -48,7 +70,7 @@ class Engine:
                  router_policy: str = "cache_aware", **kwargs):
         if log_level:
             logging.getLogger("sglc_runtime").setLevel(log_level.upper())
-        self.config = EngineConfig(model_path=model_path, **kwargs)
+        self.config = EngineConfig(model_path=model_path, **engine_arguments(kwargs))
         if not isinstance(dp_size, int) or dp_size < 1:
             raise InvalidRequestError(f"dp_size={dp_size!r}: must be a positive integer")
         if dp_size > 1 and engine_in_process:

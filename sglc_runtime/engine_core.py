@@ -29,9 +29,9 @@ class EngineCore:
     """Holds the runner and scheduler; `step()` advances every running request by one step and
     returns the requests that got new output (finished ones included)."""
 
-    def __init__(self, cfg: EngineConfig):
+    def __init__(self, cfg: EngineConfig, runner: ModelRunner | None = None):
         self.cfg = cfg
-        self.runner = ModelRunner(cfg)
+        self.runner = runner if runner is not None else ModelRunner(cfg)  # tests pass a fake
         self.tokenizer = self.runner.tokenizer
         self.eos_ids = self.runner.model_config.eos_token_ids
         self.scheduler = Scheduler(cfg, self.runner.kv_pool, self.runner.req_pool,

@@ -7,7 +7,7 @@ import pytest
 
 import sglc as sgl
 from sglc.lang.backend import BaseBackend
-from sglc.backend.openai import TokenUsage
+from sglc.lang.backend import TokenUsage
 from sglc.lang.chat_template import get_chat_template
 
 

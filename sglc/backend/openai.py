@@ -15,7 +15,6 @@ import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from sglc_runtime.errors import SglcError
 
@@ -32,19 +31,6 @@ _COMPLETION_MODELS = ("gpt-3.5-turbo-instruct", "davinci-002", "babbage-002")
 
 class BackendError(SglcError):
     """A backend cannot do what the program asks, or its API refused the call."""
-
-
-@dataclass
-class TokenUsage:
-    """What a backend has spent: API calls made, calls saved by speculative execution, tokens."""
-
-    num_calls: int = 0
-    num_calls_saved: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def reset(self) -> None:
-        self.num_calls = self.num_calls_saved = self.prompt_tokens = self.completion_tokens = 0
 
 
 class OpenAI(BaseBackend):
@@ -64,6 +50,7 @@ class OpenAI(BaseBackend):
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if api_key is None and base_url is None:
             raise BackendError("sgl.OpenAI: no API key; pass api_key=... or set OPENAI_API_KEY")
+        super().__init__()
         self._openai = openai
         self.client = openai.OpenAI(api_key=api_key or "none", base_url=base_url,
                                     **client_kwargs)
@@ -78,7 +65,6 @@ class OpenAI(BaseBackend):
         self.supports_select = not self.is_chat_model
         self._extensions = extensions
         self._lock = threading.Lock()
-        self.token_usage = TokenUsage()
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="sglc-openai")
 
     def __repr__(self) -> str:  # no key here: reprs end up in logs and tracebacks

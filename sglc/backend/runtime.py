@@ -29,6 +29,7 @@ class RuntimeBackend(BaseBackend):
     """Runs programs on an existing `Engine`; concurrent calls batch inside the engine."""
 
     def __init__(self, engine: Engine, chat_template: str | ChatTemplate | None = None):
+        super().__init__()
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self._chat_template = (get_chat_template(chat_template)
@@ -69,6 +70,8 @@ class RuntimeBackend(BaseBackend):
     def generate(self, prompt: str, params: SglSamplingParams) -> tuple[str, dict]:
         sp, lp = params.to_request()
         out = self.engine.generate(**self._prompt_args(prompt), sampling_params=sp, **lp)
+        for o in out if isinstance(out, list) else [out]:
+            self.token_usage.add(o["meta_info"])
         if isinstance(out, list):  # n > 1 samples
             return [o["text"] for o in out], self._meta_with_text(out[0]["meta_info"])
         return out["text"], self._meta_with_text(out["meta_info"])
@@ -83,6 +86,8 @@ class RuntimeBackend(BaseBackend):
             return super().generate_many(prompts, params)  # logprob options differ per gen
         outs = self.engine.generate(prompt=list(prompts), sampling_params=[sp for sp, _ in reqs],
                                     **reqs[0][1])
+        for o in outs:
+            self.token_usage.add(o["meta_info"])
         return [(o["text"], self._meta_with_text(o["meta_info"])) for o in outs]
 
     def generate_stream(self, prompt: str, params: SglSamplingParams
@@ -161,9 +166,8 @@ class RuntimeBackend(BaseBackend):
         return [(lp, tid, self.tokenizer.decode([tid])) for lp, tid, _ in lps]
 
 
-# SGLang's server-process arguments with no meaning for an in-process engine.
-_SERVER_ONLY_ARGS = ("port", "host", "launch_timeout", "tp_size",
-                     "mem_fraction_static", "trust_remote_code", "tokenizer_path")
+# SGLang's Runtime arguments about its HTTP server process, which sgl.Runtime does not start.
+_SERVER_ONLY_ARGS = ("port", "host", "launch_timeout", "api_key")
 
 
 class Runtime(RuntimeBackend):

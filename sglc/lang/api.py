@@ -151,3 +151,29 @@ def assistant_begin() -> SglRoleBegin:
 
 def assistant_end() -> SglRoleEnd:
     return SglRoleEnd("assistant")
+
+
+# ---- SGLang's other language entry points -------------------------------------------------------
+def separate_reasoning(expr=None, model_type: str | None = None) -> SglExprList:
+    """`s += sgl.separate_reasoning(sgl.gen("answer"), model_type="deepseek-r1")`: the gen's
+    `<think>...</think>` part goes to `answer_reasoning_content`, the rest stays `answer`."""
+    from .primitives import SglSeparateReasoning
+
+    expr = as_expr(expr)
+    return SglExprList([expr, SglSeparateReasoning(model_type, expr)])
+
+
+def image(path):
+    """Not available: the default and supported models read text only."""
+    from .primitives import ProgramError
+
+    raise ProgramError(f"sgl.image({path!r}): sglc runs text-only (Llama-family) models, which "
+                       "cannot read images; describe the image in text instead")
+
+
+def video(path, num_frames: int = -1):
+    """Not available: the default and supported models read text only."""
+    from .primitives import ProgramError
+
+    raise ProgramError(f"sgl.video({path!r}): sglc runs text-only (Llama-family) models, which "
+                       "cannot read video")

@@ -116,6 +116,27 @@ class SglFunction:
         return run_program_batch(self, backend, batch_kwargs, defaults, num_threads,
                                  progress_bar, generator_style)
 
+    def trace(self, *, backend=None, **kwargs) -> str:
+        """The text the program appends, with these arguments, before its first model call
+        (SGLang's `trace`; what `run_batch` and `cache` commit to the prefix cache)."""
+        from .api import resolve_backend
+        from .tracer import constant_prefix
+
+        free = tuple(n for n in self.arg_names if n not in kwargs)
+        return constant_prefix(self, resolve_backend(backend), [kwargs], SglSamplingParams(),
+                               free)
+
+    def cache(self, backend=None, **kwargs) -> str:
+        """Compute the program's constant prefix once on the backend (SGLang's `cache`), so
+        later runs find it in the prefix cache; returns it."""
+        from .api import resolve_backend
+
+        backend = resolve_backend(backend)
+        prefix = self.trace(backend=backend, **kwargs)
+        if prefix:
+            backend.cache_prefix(prefix)
+        return prefix
+
     def _as_kwargs(self, args) -> dict:
         if isinstance(args, dict):
             return args

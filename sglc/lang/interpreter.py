@@ -22,6 +22,7 @@ from .primitives import (
     SglRoleEnd,
     SglSamplingParams,
     SglSelect,
+    SglSeparateReasoning,
     SglVarScopeBegin,
     SglVarScopeEnd,
     var_names,
@@ -210,6 +211,8 @@ class StreamExecutor:
                 self.backend.cache_prefix(self.text_)
         elif isinstance(expr, SglConcateAndAppend):
             self._execute_concate_and_append(expr)
+        elif isinstance(expr, SglSeparateReasoning):
+            self._execute_separate_reasoning(expr)
         else:
             raise ProgramError(f"cannot execute {expr!r}")
 
@@ -351,6 +354,25 @@ class StreamExecutor:
         self._fill(suffix)
         with self.cond:
             self.messages_.append({"role": expr.role, "content": content})
+
+    def _execute_separate_reasoning(self, expr: SglSeparateReasoning) -> None:
+        """Each target's text `<think>reasoning</think>answer` (the opening tag optional, as
+        reasoning models often start inside it) becomes `answer`, with the reasoning in
+        `{name}_reasoning_content`; text without `</think>` has no reasoning."""
+        for name in expr.targets:
+            text = self.variables.get(name)
+            if not isinstance(text, str):
+                raise ProgramError(f"separate_reasoning: {name!r} holds no generated text")
+            reasoning, answer = "", text
+            if "</think>" in text:
+                reasoning, answer = text.split("</think>", 1)
+                reasoning = reasoning.split("<think>", 1)[-1].strip()
+                answer = answer.lstrip()
+            with self.cond:
+                if self.text_.endswith(text):
+                    self.text_ = self.text_[:len(self.text_) - len(text)] + answer
+            self._set(name, answer, self.meta_info.get(name), event=False)
+            self._set(name + "_reasoning_content", reasoning)
 
     def _execute_concate_and_append(self, expr: SglConcateAndAppend) -> None:
         for state in expr.states:

@@ -292,7 +292,30 @@ class SglConcateAndAppend(SglExpr):
         return f"ConcateAndAppend({len(self.states)} states)"
 
 
+class SglSeparateReasoning(SglExpr):
+    """After the gens/selects of `expr` ran: split each one's text at the reasoning model's
+    `</think>`; the variable keeps the answer, `{name}_reasoning_content` gets the reasoning,
+    and the program's text keeps only the answer (SGLang's `separate_reasoning`)."""
+
+    def __init__(self, model_type: str | None, expr: SglExpr):
+        self.model_type = model_type
+        self.expr = expr
+        self.targets = [x.name for x in expr.flatten() if isinstance(x, (SglGen, SglSelect))]
+        if not self.targets or None in self.targets:
+            raise ProgramError("separate_reasoning needs named gens or selects "
+                               "(sgl.gen('answer', ...))")
+        self.name = self.targets[0] + "_reasoning_content"
+
+    def __repr__(self) -> str:
+        return f"SeparateReasoning({self.targets})"
+
+
 def var_names(expr: SglExpr) -> list[str]:
     """Names of the variables an expression defines."""
-    return [x.name for x in expr.flatten()
-            if isinstance(x, (SglGen, SglSelect, SglVarScopeBegin)) and x.name is not None]
+    names = []
+    for x in expr.flatten():
+        if isinstance(x, (SglGen, SglSelect, SglVarScopeBegin)) and x.name is not None:
+            names.append(x.name)
+        elif isinstance(x, SglSeparateReasoning):
+            names += [n + "_reasoning_content" for n in x.targets]
+    return names

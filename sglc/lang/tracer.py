@@ -79,9 +79,10 @@ def _same(values: list) -> bool:
 
 
 def constant_prefix(program, backend: BaseBackend, batch_kwargs: list[dict],
-                    default_params: SglSamplingParams) -> str:
-    """The text every program in the batch appends before its first model call."""
-    names = set().union(*(kw.keys() for kw in batch_kwargs))
+                    default_params: SglSamplingParams, free: tuple[str, ...] = ()) -> str:
+    """The text every program in the batch appends before its first model call; arguments
+    named in `free` are unknown (placeholders) even where the batch does not give them."""
+    names = set().union(*(kw.keys() for kw in batch_kwargs), free)
     kwargs = {}
     for name in names:
         if all(name in kw for kw in batch_kwargs) and _same([kw[name] for kw in batch_kwargs]):

@@ -9,9 +9,30 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .chat_template import ChatTemplate
-from .choices import ChoicesDecision, ChoicesSamplingMethod
-from .primitives import SglSamplingParams
+from dataclasses import dataclass
+
+from ..chat_template import ChatTemplate
+from ..choices import ChoicesDecision, ChoicesSamplingMethod
+from ..primitives import SglSamplingParams
+
+
+@dataclass
+class TokenUsage:
+    """What a backend has spent: API calls made and saved (speculative execution, `n=`), and
+    prompt and completion tokens."""
+
+    num_calls: int = 0
+    num_calls_saved: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, meta: dict) -> None:
+        self.num_calls += 1
+        self.prompt_tokens += meta.get("prompt_tokens") or 0
+        self.completion_tokens += meta.get("completion_tokens") or 0
+
+    def reset(self) -> None:
+        self.num_calls = self.num_calls_saved = self.prompt_tokens = self.completion_tokens = 0
 
 
 class BaseBackend:
@@ -26,6 +47,9 @@ class BaseBackend:
     speculative_execution: bool = False
     #: whether `generate_n` makes one call for n samples (a fork's same-continuation gens use it)
     supports_n: bool = False
+
+    def __init__(self) -> None:
+        self.token_usage = TokenUsage()
 
     def get_chat_template(self) -> ChatTemplate:
         """The template roles are rendered with (the model's own where it has one)."""

@@ -1,0 +1,1 @@
+"""SGLang's `sglang.srt` names that programs import, at the same paths (see README)."""

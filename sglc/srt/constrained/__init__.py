@@ -1,0 +1,1 @@
+"""Constrained-decoding helpers at SGLang's `sglang.srt.constrained` paths."""
