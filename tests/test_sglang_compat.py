@@ -144,11 +144,13 @@ def test_stream_meta_data_per_chunk(runtime):
         return state, chunks
 
     state, chunks = asyncio.run(read())
-    assert "".join(p for p, _ in chunks) == state["story"]
-    metas = [m for _, m in chunks if m]
-    assert metas and all("completion_tokens" in m and "output_token_logprobs" in m
-                         for m in metas)
-    assert metas[-1]["completion_tokens"] == len(metas[-1]["output_token_logprobs"])
+    assert chunks and "".join(p for p, _ in chunks) == state["story"]
+    seen = 0
+    for piece, meta in chunks:  # SGLang's form: each chunk carries its own tokens' logprobs
+        assert piece and meta["completion_tokens"] == meta["output_token_logprobs_length"]
+        assert len(meta["output_token_logprobs"]) == meta["completion_tokens"] - seen
+        seen = meta["completion_tokens"]
+    assert seen == state.get_meta_info("story")["completion_tokens"] > 0
 
 
 @pytest.mark.model

@@ -93,9 +93,18 @@ class RuntimeBackend(BaseBackend):
     def generate_stream(self, prompt: str, params: SglSamplingParams
                         ) -> Iterator[tuple[str, dict]]:
         sp, lp = params.to_request()
+        sent = 0
         for chunk in self.engine.generate(**self._prompt_args(prompt), sampling_params=sp,
                                           stream=True, **lp):
-            yield chunk["text"], self._meta_with_text(chunk["meta_info"])
+            meta = self._meta_with_text(chunk["meta_info"])
+            if "output_token_logprobs" in meta:  # SGLang's stream form: this chunk's entries
+                lps = meta["output_token_logprobs"]
+                meta["output_token_logprobs"] = lps[sent:]
+                if "output_top_logprobs" in meta:
+                    meta["output_top_logprobs"] = meta["output_top_logprobs"][sent:]
+                meta["output_token_logprobs_length"] = meta["completion_tokens"] = len(lps)
+                sent = len(lps)
+            yield chunk["text"], meta
 
     def _meta_with_text(self, meta: dict) -> dict:
         """Fill each logprob entry's token text (SGLang's return_text_in_logprobs)."""

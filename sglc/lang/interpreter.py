@@ -55,6 +55,7 @@ class StreamExecutor:
         self.variable_event: dict[str, threading.Event] = {}
         self._pending: dict[str, int] = {}  # writes of each name submitted but not yet done
         self.messages_: list[dict] = []
+        self.stream_chunks: dict[str, list[tuple[str, dict]]] = {}  # streamed gens, per chunk
         self.cur_role: str | None = None
         self.cur_role_begin_pos: int | None = None
         self.fork_start_text_pos: int | None = None
@@ -313,6 +314,8 @@ class StreamExecutor:
                 if name is not None:
                     self.variables[name] += piece
                     self.meta_info[name] = meta
+                    if piece:
+                        self.stream_chunks.setdefault(name, []).append((piece, meta))
                 self.cond.notify_all()
         self._set(name, self.variables.get(name, ""), meta)
 

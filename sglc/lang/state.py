@@ -161,10 +161,38 @@ class ProgramState:
         if exe.error_ is not None:
             raise exe.error_
 
+    def _chunks_iter(self, var_name: str) -> Iterator[tuple[str, dict]]:
+        """(piece, meta_info) per streamed chunk of gen `var_name`, as the backend sent them."""
+        exe = self.stream_executor
+        i = 0
+        while True:
+            with exe.cond:
+                exe.cond.wait_for(lambda: len(exe.stream_chunks.get(var_name, ())) > i
+                                  or exe.is_finished or exe.error_ is not None
+                                  or (var_name in exe.variable_event
+                                      and exe.variable_event[var_name].is_set()))
+                chunks = exe.stream_chunks.get(var_name, [])[i:]
+            if not chunks:
+                break
+            yield from chunks
+            i += len(chunks)
+        if exe.error_ is not None:
+            raise exe.error_
+
     async def text_async_iter(self, var_name: str | None = None,
                               return_meta_data: bool = False):
-        """`text_iter` for asyncio code (waits happen on a worker thread)."""
+        """`text_iter` for asyncio code (waits happen on a worker thread). With
+        `return_meta_data` (and a streamed gen `var_name`) it yields (piece, meta_info) per
+        chunk, meta_info holding that chunk's own logprob entries, as SGLang does."""
         loop = asyncio.get_running_loop()
+        if return_meta_data and var_name is not None and self.stream_executor.stream:
+            chunks = self._chunks_iter(var_name)
+            end = object()
+            while True:
+                item = await loop.run_in_executor(None, next, chunks, end)
+                if item is end:
+                    return
+                yield item
         it = self.text_iter(var_name)
         end = object()
         while True:
