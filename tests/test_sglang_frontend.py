@@ -60,8 +60,8 @@ def prog(s, question):
 def test_sglang_frontend_drives_sglc_serve(base_url, runtime):
     if not (FRONTEND / "sglang" / "lang").is_dir():
         pytest.skip(f"SGLang's frontend is not installed in {FRONTEND} (.ci/run installs it: "
-                    "pip install --no-deps --target DIR sglang pybase64 msgspec pyzmq aiohttp "
-                    "...)")
+                    "pip install --no-deps --target DIR sglang==0.5.23 and what its frontend "
+                    "imports; see .ci/run)")
     env = {**os.environ, "PYTHONPATH": str(FRONTEND)}
     r = subprocess.run([sys.executable, "-c", SCRIPT, base_url], env=env, capture_output=True,
                        text=True, timeout=600)
