@@ -59,12 +59,7 @@ def test_bad_requests_get_400(client, base_url):
 
 
 def post(url: str, data: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return request(url, data)
 
 
 # ---- OpenAI parameters: each honoured, or refused with a 400 that names it ---------------------

@@ -59,15 +59,19 @@ class ControlMixin:
             for item in items:
                 self.cur = st
                 self.assign(st.target, item)
-                self.block(st.body)
-                self.continue_from(self.b.merge(loop.continues + [self.b.snapshot(
-                    self.frame.locals)]))
-                loop.continues = []
-                if self.b.dead:
+                if not self._iteration(loop, st.body):
                     break
         finally:
             self.frame.loops.pop()
         self.continue_from(self.b.merge(loop.breaks + [self.b.snapshot(self.frame.locals)]))
+
+    def _iteration(self, loop: Loop, body: list) -> bool:
+        """One unrolled iteration; its `continue`s meet at its end. False once every path has
+        left the loop (break / return)."""
+        self.block(body)
+        self.continue_from(self.b.merge(loop.continues + [self.b.snapshot(self.frame.locals)]))
+        loop.continues = []
+        return not self.b.dead
 
     def stmt_Try(self, st: ast.Try) -> None:
         """`try` around appends (`s += gen(...)`): eagerly an append never raises a model's
@@ -102,13 +106,7 @@ class ControlMixin:
                     raise self.error(st.test, "this `while` condition depends on values known "
                                               "only at run time (generated text); the compiler "
                                               "unrolls loops, so the program runs eagerly")
-                if not test:
-                    break
-                self.block(st.body)
-                self.continue_from(self.b.merge(loop.continues + [self.b.snapshot(
-                    self.frame.locals)]))
-                loop.continues = []
-                if self.b.dead:
+                if not test or not self._iteration(loop, st.body):
                     break
             else:
                 raise self.error(st, f"the loop runs more than {MAX_UNROLL} times; the "
