@@ -138,13 +138,10 @@ class ProcessDriver:
         try:
             while True:
                 msg = self.conn.recv()
-                if msg[0] == "updates":
-                    self._apply(msg[1])
-                elif msg[0] == "result":
-                    _, cid, value, err = msg
-                    done, box = self._calls.pop(cid)
-                    box.extend([value, None if err is None else unpack_error(err)])
-                    done.set()
+                try:  # a bad message must not end the only thread that delivers results
+                    self._handle(msg)
+                except Exception:
+                    logger.exception("could not handle the engine process's %r message", msg[0])
         except (EOFError, OSError):
             pass
         code = self.proc.wait()
@@ -152,6 +149,15 @@ class ProcessDriver:
                EngineDiedError(f"the {self.name} process (pid {self.pid}) died (exit code "
                                f"{code}); requests in flight failed"))
         self._fail_everything(err)
+
+    def _handle(self, msg: tuple) -> None:
+        if msg[0] == "updates":
+            self._apply(msg[1])
+        elif msg[0] == "result":
+            _, cid, value, err = msg
+            done, box = self._calls.pop(cid)
+            box.extend([value, None if err is None else unpack_error(err)])
+            done.set()
 
     def _apply(self, updates: list) -> None:
         for rid, keep, delta, num_ids, new_lps, new_tops, final in updates:
@@ -268,19 +274,26 @@ def _receive(conn: Connection, loop, core) -> None:
     try:
         while True:
             msg = conn.recv()
-            if msg[0] == "submit":
-                loop.submit([_request(core, *fields) for fields in msg[1]])
-            elif msg[0] == "abort":
-                loop.abort(msg[1])
-            elif msg[0] == "call":
-                cid, name = msg[1], msg[2]
-                loop.call(name, lambda v, e, cid=cid: conn.send(
-                    ("result", cid, v, None if e is None else pack_error(e))))
-            elif msg[0] == "shutdown":
+            if msg[0] == "shutdown":
                 break
+            try:  # one bad message fails its requests, never the engine
+                _handle(msg, conn, loop, core)
+            except Exception:
+                logger.exception("could not handle the caller's %r message", msg[0])
     except (EOFError, OSError):
         pass  # the caller is gone
     loop.stop()
+
+
+def _handle(msg: tuple, conn: Connection, loop, core) -> None:
+    if msg[0] == "submit":
+        loop.submit([_request(core, *fields) for fields in msg[1]])
+    elif msg[0] == "abort":
+        loop.abort(msg[1])
+    elif msg[0] == "call":
+        cid, name = msg[1], msg[2]
+        loop.call(name, lambda v, e: conn.send(
+            ("result", cid, v, None if e is None else pack_error(e))))
 
 
 def _request(core, rid, input_ids, params, return_logprob, start, top) -> Req:
