@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -16,6 +17,37 @@ from .sampler import needs_penalties, sample
 from .scheduler import ScheduledBatch, Scheduler
 
 logger = logging.getLogger(__name__)
+
+
+class LogitRows(NamedTuple):
+    """Which flat rows of a batch need logits: `index` (row numbers), positions in `index` of
+    the rows each finishing request samples from, and input-logprob spans
+    (request, position in `index`, first prompt position, count)."""
+
+    index: list[int]
+    sample: list[int]
+    lp_spans: list[tuple[Req, int, int, int]]
+    every_row: bool  # index is 0..T-1 (a decode batch): no gather needed
+
+
+def logit_rows(batch: ScheduledBatch, num_tokens: int) -> LogitRows:
+    """The last row of each request whose pending tokens this batch completes, plus every row
+    from logprob_start_len - 1 on where input logprobs are asked for."""
+    index, sample, lp_spans = [], [], []
+    offset = 0
+    for r, n in zip(batch.reqs, batch.extend_lens):
+        start = r.kv_len
+        if not batch.is_decode and r.wants_input_logprobs and start < len(r.input_ids):
+            lo = max(r.logprob_start_len - 1, start)
+            hi = min(start + n, len(r.input_ids) - 1)
+            if lo < hi:
+                lp_spans.append((r, len(index), lo, hi - lo))
+                index.extend(range(offset + lo - start, offset + hi - start))
+        if n == r.num_pending:
+            sample.append(len(index))
+            index.append(offset + n - 1)
+        offset += n
+    return LogitRows(index, sample, lp_spans, len(index) == num_tokens)
 
 
 @dataclass
@@ -44,20 +76,29 @@ class EngineCore:
         self.scheduler.add(req)
 
     def step(self) -> list[Req]:
+        """Schedule -> run the model -> postprocess; returns the requests of the batch (each
+        got output, finished, or failed). One bad batch fails its own requests only."""
         batch = self.scheduler.schedule()
         if batch is None:
             return []
-        self._committed = False
+        committed = False
         try:
-            return self._run(batch)
-        except Exception as e:  # one bad batch must not kill the engine: fail its requests
+            fb = self.runner.build_batch(batch.is_decode, batch.reqs, batch.extend_lens,
+                                         batch.out_cache_loc)
+            rows = logit_rows(batch, fb.input_ids.numel())
+            logits = self.runner.forward(fb, None if rows.every_row else torch.tensor(
+                rows.index, dtype=torch.long, device=fb.input_ids.device))
+            self._commit(batch)
+            committed = True
+            self._postprocess(batch, rows, logits)
+        except Exception as e:
             logger.exception("engine step failed; failing the %d requests of the batch",
                              len(batch.reqs))
-            if not self._committed:
+            if not committed:
                 self.scheduler.kv_pool.free(batch.out_cache_loc)
             for r in batch.reqs:
                 self.fail(r, e)
-            return batch.reqs
+        return batch.reqs
 
     def fail(self, req: Req, err: BaseException) -> None:
         req.error = err
@@ -68,49 +109,28 @@ class EngineCore:
             self.scheduler.waiting.remove(req)
         req.status = ReqStatus.FINISHED
 
-    def _run(self, batch: ScheduledBatch) -> list[Req]:
-        fb = self.runner.build_batch(batch.is_decode, batch.reqs, batch.extend_lens,
-                                     batch.out_cache_loc)
-        # which flat rows need logits: the last row of each request that completes its
-        # pending tokens, plus every row from logprob_start_len - 1 on when input logprobs
-        # are asked for
-        rows, sample_rows, lp_spans = [], [], []
-        offset = 0
-        for r, n in zip(batch.reqs, batch.extend_lens):
-            start = r.kv_len
-            if not batch.is_decode and r.wants_input_logprobs and start < len(r.input_ids):
-                lo = max(r.logprob_start_len - 1, start)
-                hi = min(start + n, len(r.input_ids) - 1)
-                if lo < hi:
-                    lp_spans.append((r, len(rows), lo, hi - lo))
-                    rows.extend(range(offset + lo - start, offset + hi - start))
-            if n == r.num_pending:
-                sample_rows.append(len(rows))
-                rows.append(offset + n - 1)
-            offset += n
-        every_row = len(rows) == fb.input_ids.numel()  # (rows is then 0..T-1: decode)
-        logits = self.runner.forward(
-            fb, None if every_row else torch.tensor(rows, dtype=torch.long,
-                                                    device=fb.input_ids.device))
-        self._committed = True
+    def _commit(self, batch: ScheduledBatch) -> None:
+        """The batch's K/V are in the pool now: advance each request past its computed tokens."""
         for r, n in zip(batch.reqs, batch.extend_lens):
             if batch.is_decode:
                 r.kv_len += 1
             else:
                 self.scheduler.commit_extend(r, n)
-        if lp_spans:
+
+    def _postprocess(self, batch: ScheduledBatch, rows: LogitRows,
+                     logits: torch.Tensor) -> None:
+        """Record input logprobs; the requests whose pending tokens are all computed now
+        sample their next token (and may finish)."""
+        if rows.lp_spans:
             all_lp = torch.log_softmax(logits.cpu(), dim=-1)
-            for r, at, pos, cnt in lp_spans:
+            for r, at, pos, cnt in rows.lp_spans:
                 record_input_logprobs(r, all_lp[at:at + cnt], pos)
-        # requests whose pending tokens are all computed now sample their next token
-        to_sample = [r for r, n in zip(batch.reqs, batch.extend_lens) if r.num_pending == 0]
-        assert len(to_sample) == len(sample_rows)
+        to_sample = [r for r in batch.reqs if r.num_pending == 0]
+        assert len(to_sample) == len(rows.sample), "a sampled request has no logit row"
         self._stats(batch)
-        if to_sample:
-            # (R, V) is large: index only when some rows are not sampled
-            self._sample(to_sample, logits if len(sample_rows) == len(rows)
-                         else logits[sample_rows])
-        return batch.reqs
+        if to_sample:  # (R, V) is large: index only when some rows are not sampled
+            self._sample(to_sample, logits if len(rows.sample) == len(rows.index)
+                         else logits[rows.sample])
 
     def _sample(self, reqs: list[Req], logits: torch.Tensor) -> None:
         for i, r in enumerate(reqs):  # prompt-only requests (select scoring) take no token
