@@ -113,3 +113,20 @@ def test_completion_speculation_reuses_then_drops_the_rest():
     state = prog.run(second="\nOther:", backend=api)  # the rest does not match: a new call
     assert (state["a"], state["b"], len(api.calls)) == ("A", "A", 2)
     assert [c[3] for c in api.calls] == [None, None]  # both calls speculate past the stop
+
+
+def test_a_branch_failing_inside_the_same_append_does_not_hang_the_others():
+    api = FakeAPI(chat=False, script=lambda p, sp: "ok")
+
+    @sgl.function
+    def prog(s):
+        f = s.fork(3)
+        f[2] += sgl.user_begin()  # so branch 2's next role fails, before its gen
+        f += sgl.user("q") + sgl.gen("a", max_tokens=2)
+        f.join()
+
+    done = threading.Event()
+    threading.Thread(target=lambda: (pytest.raises(sgl.SglcError, prog.run, backend=api),
+                                     done.set()), daemon=True).start()
+    assert done.wait(30), "branch 2's failure left branches 0 and 1 waiting"
+    assert ("generate_n", "USER:q\n", 2) in api.calls

@@ -175,6 +175,7 @@ class StreamExecutor:
                 except BaseException as e:  # noqa: BLE001 - recorded, re-raised to the caller
                     if loc and hasattr(e, "add_note"):
                         e.add_note(f"while running {expr!r} appended at {loc}")
+                    self._withdraw_fork_gens(expr)  # its siblings must not wait for it
                     self.fail(e)
             else:  # after an error the rest is skipped; readers of its variables get the error
                 self._withdraw_fork_gens(expr)
