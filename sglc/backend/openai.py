@@ -130,7 +130,9 @@ class OpenAI(BaseBackend):
         if params.return_logprob or params.top_logprobs_num:
             top = params.top_logprobs_num or 0
             if self.is_chat_model:
-                kw.update(logprobs=True, top_logprobs=top) if top else kw.update(logprobs=True)
+                kw["logprobs"] = True
+                if top:
+                    kw["top_logprobs"] = top
             else:
                 kw["logprobs"] = top
         if extra:

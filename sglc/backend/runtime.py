@@ -1,4 +1,5 @@
-"""The in-process backend: programs call `sglc_runtime.engine.Engine` directly (no server)."""
+"""The engine backend: programs call `sglc_runtime.engine.Engine` through its Python API (no
+HTTP server; the engine itself runs in its own process unless `engine_in_process=True`)."""
 
 from __future__ import annotations
 
@@ -180,8 +181,8 @@ _SERVER_ONLY_ARGS = ("port", "host", "launch_timeout", "api_key")
 
 
 class Runtime(RuntimeBackend):
-    """`sgl.Runtime(model_path=None, **engine_args)`: starts an `Engine` in this process (or
-    wraps `engine=` given) and is the backend programs run on; `shutdown()` stops it."""
+    """`sgl.Runtime(model_path=None, **engine_args)`: starts an `Engine` (or wraps `engine=`
+    given) and is the backend programs run on; `shutdown()` stops it."""
 
     def __init__(self, model_path: str | None = None, *, engine: Engine | None = None,
                  chat_template: str | ChatTemplate | None = None, **engine_args):

@@ -1,4 +1,4 @@
-"""`Runtime` (the in-process engine backend) next to the other backends of `sglc.lang`."""
+"""`Runtime` (the engine's Python-API backend) next to the other backends of `sglc.lang`."""
 
 from ...backend.runtime import Runtime, RuntimeBackend
 
