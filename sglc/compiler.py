@@ -27,10 +27,12 @@ class CompiledProgram(SglFunction):
     another graph."""
 
     def __init__(self, program: SglFunction, strict: bool = False, passes=None,
-                 static: dict | None = None, print_ir_after_all: bool = False, backend=None):
+                 static: dict | None = None, print_ir_after_all: bool = False, backend=None,
+                 whole_program: bool = True):
         super().__init__(program.func, program.num_api_spec_tokens, program.bind_arguments)
         self.eager = program
         self.strict = strict
+        self.whole_program = whole_program
         self.pass_names = passes
         self.print_ir_after_all = print_ir_after_all
         self.static = dict(static or {})
@@ -172,7 +174,7 @@ class CompiledProgram(SglFunction):
 
         self.prepare(backend)
         inst = self._instance(backend, self._arguments(args, kwargs), defaults, stream)
-        executor = GraphExecutor(backend, stream=stream)
+        executor = GraphExecutor(backend, stream=stream, segments=self.whole_program)
         if stream:
             thread = threading.Thread(target=executor.run, args=([inst],), daemon=True,
                                       name="sglc-compiled-stream")
@@ -209,7 +211,8 @@ class CompiledProgram(SglFunction):
 
             pbar = tqdm.tqdm(total=len(instances))
         max_active = None if num_threads == "auto" else max(1, int(num_threads))
-        GraphExecutor(backend, max_active=max_active, progress=pbar).run(instances)
+        GraphExecutor(backend, max_active=max_active, progress=pbar,
+                      segments=self.whole_program).run(instances)
         if pbar is not None:
             pbar.close()
         return iter(states) if generator_style else states
@@ -225,7 +228,8 @@ class CompiledProgram(SglFunction):
 
     def bind(self, **kwargs) -> CompiledProgram:
         return CompiledProgram(self.eager.bind(**kwargs), self.strict, self.pass_names,
-                               self.static, self.print_ir_after_all)
+                               self.static, self.print_ir_after_all,
+                               whole_program=self.whole_program)
 
     def __repr__(self) -> str:
         return f"CompiledProgram({self.__name__})"
@@ -241,13 +245,15 @@ def _local_tokenizer(backend):
 
 
 def compile(fn=None, *, strict: bool = False, passes: list[str] | None = None,
-            static: dict | None = None, backend=None, print_ir_after_all: bool = False):
+            static: dict | None = None, backend=None, print_ir_after_all: bool = False,
+            whole_program: bool = True):
     """`@sgl.compile`, `@sgl.compile(strict=True)` or `sgl.compile(fn)`: compile a program (a
     plain function or an `@sgl.function`) ahead of time. `passes` names the passes to run
     (default: the whole pipeline); `static` fixes compile-time arguments; `backend` builds the
-    constraint FSMs with its tokenizer now."""
+    constraint FSMs with its tokenizer now; `whole_program=False` sends every gen as a request
+    of its own instead of running gen/text/gen segments as one continuing request."""
     options = {"strict": strict, "passes": passes, "static": static, "backend": backend,
-               "print_ir_after_all": print_ir_after_all}
+               "print_ir_after_all": print_ir_after_all, "whole_program": whole_program}
     if fn is None:
         return lambda f: compile(f, **options)
     if isinstance(fn, CompiledProgram):

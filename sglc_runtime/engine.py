@@ -13,6 +13,7 @@ import queue
 from typing import Any, Iterator
 
 from .config import EngineConfig
+from .continuation import Continuation, parse_program
 from .errors import EngineClosedError, EngineDiedError, InvalidRequestError, SglcError
 from .outputs import make_result, progress_meta
 from .request import Req, new_request
@@ -168,6 +169,26 @@ class Engine:
             req.fsm_state = req.constraint.initial_state
         return req
 
+    def _make_program_req(self, prompt, program) -> tuple[Req, list[str]]:
+        """One request for a whole program segment (continuation.py); also the text after
+        each gen."""
+        if self._closed:
+            raise EngineClosedError("the engine was shut down")
+        text, gens, after = parse_program(prompt, program)
+        if not text:
+            raise InvalidRequestError("the prompt is empty (0 tokens)")
+        req = self._make_req(self.tokenizer.encode(text), gens[0], False, None, 0)
+        req.continuation = Continuation(text, list(zip(after, gens[1:])))
+        if self.engine_in_process:  # (the engine process builds its own)
+            req.continuation.constraints = [
+                None if p.constraint is None else self._build_constraint(p) for p in gens[1:]]
+        return req, after
+
+    @staticmethod
+    def _program_result(result: dict, after: list[str]) -> dict:
+        gens = result["gens"]
+        return {"text": "".join(g["text"] + t for g, t in zip(gens, after)), "gens": gens}
+
     def _build_constraint(self, params: SamplingParams):
         from .constrained import build_constraint
 
@@ -284,6 +305,35 @@ class Engine:
         finally:
             if req is not None and not req.finished:
                 self.abort(req)  # cancelled, or the consumer stopped iterating
+
+    def generate_program(self, prompt: str, program: list) -> dict:
+        """Run a straight-line program segment as ONE request that continues in place:
+        `program` is a list of steps, `{"text": str}` or `{"gen": sampling_params}`. Each gen
+        sees exactly the prompt a gen-by-gen run would send (the text so far, re-tokenized), but
+        the request never leaves the engine between gens. Returns {"text": everything after
+        the prompt, "gens": one result dict per gen, as `generate` returns}."""
+        req, after = self._make_program_req(prompt, program)
+        w = _Waiter(stream=False)
+        req.on_update = w
+        self._submit([req])
+        while w.q.get()[0] != "done":
+            pass
+        return self._program_result(self._check(req), after)
+
+    async def async_generate_program(self, prompt: str, program: list) -> dict:
+        """Awaitable `generate_program`."""
+        req, after = self._make_program_req(prompt, program)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        req.on_update = (lambda r: r.finished and loop.call_soon_threadsafe(
+            lambda: done.done() or done.set_result(None)))
+        self._submit([req])
+        try:
+            await done
+        except asyncio.CancelledError:
+            self.abort(req)
+            raise
+        return self._program_result(self._check(req), after)
 
     def abort(self, req: Req) -> None:
         """Stop a request the caller no longer waits for; its resources are freed."""

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 
 from .config import EngineConfig
+from .continuation import continue_request
 from .jump_forward import jump_forward
 from .model_runner import ModelRunner
 from .outputs import append_token, record_input_logprobs, top_list
@@ -53,6 +54,7 @@ def logit_rows(batch: ScheduledBatch, num_tokens: int) -> LogitRows:
 @dataclass
 class StepStats:
     num_steps: int = 0
+    busy_s: float = 0.0  # time spent in steps (the rest the loop waited for work)
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
 
@@ -162,8 +164,20 @@ class EngineCore:
                                        "context_length": self.runner.context_length}
                     r.status = ReqStatus.FINISHED
         for r in reqs:
+            if r.finished and r.continuation is not None:
+                self._continue(r)
             if r.finished and r.row is not None:
                 self.scheduler.release(r, finished=True)
+
+    def _continue(self, req: Req) -> None:
+        """A program segment's request starts its next gen in place (continuation.py)."""
+        try:
+            if continue_request(req, self.tokenizer, self.scheduler, self.runner.context_length,
+                                self.runner.kv_pool.size) and needs_penalties(req) \
+                    and req.token_counts is None:
+                req.token_counts = torch.zeros(self.runner.model_config.vocab_size)
+        except Exception as e:  # noqa: BLE001 - this request's alone
+            self.fail(req, e)
 
     def _stats(self, batch: ScheduledBatch) -> None:
         self.stats.num_steps += 1

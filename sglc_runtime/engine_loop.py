@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,7 @@ def control(core: EngineCore, name: str) -> Any:
                 "num_prefill_tokens": s.num_prefill_tokens,
                 "num_prompt_tokens": sched.num_prompt_tokens,
                 "num_cached_prompt_tokens": sched.num_cached_prompt_tokens,
-                "num_decode_tokens": s.num_decode_tokens,
+                "num_decode_tokens": s.num_decode_tokens, "busy_s": s.busy_s,
                 "cached_tokens_in_tree": sched.cache.total_size(),
                 "num_free_slots": sched.kv_pool.num_free()}
     raise ValueError(f"unknown engine control call {name!r}")
@@ -133,8 +134,10 @@ class EngineLoop:
         return ended
 
     def _step(self) -> list[Req]:
+        start = time.perf_counter()
         try:
             updated = self.core.step()
+            self.core.stats.busy_s += time.perf_counter() - start
             if self.check_invariants:
                 self.core.scheduler.check_invariants()
             return updated

@@ -109,7 +109,8 @@ class ProcessDriver:
             self._reqs[r.rid] = r
         try:
             self._send(("submit", [(r.rid, r.input_ids, r.params, r.return_logprob,
-                                    r.logprob_start_len, r.top_logprobs_num) for r in reqs]))
+                                    r.logprob_start_len, r.top_logprobs_num, r.continuation)
+                                   for r in reqs]))
         except BaseException:
             for r in reqs:
                 self._reqs.pop(r.rid, None)
@@ -296,18 +297,22 @@ def _handle(msg: tuple, conn: Connection, loop, core) -> None:
             ("result", cid, v, None if e is None else pack_error(e))))
 
 
-def _request(core, rid, input_ids, params, return_logprob, start, top) -> Req:
+def _request(core, rid, input_ids, params, return_logprob, start, top, continuation) -> Req:
+    from .constrained import build_constraint
     from .request import new_request
 
     req = new_request(input_ids, params, return_logprob, start, top, rid=rid)
-    if params.constraint is not None:
-        try:
-            from .constrained import build_constraint
-
+    req.continuation = continuation
+    try:  # every gen's constraint (a program segment's too) is built here, off the loop
+        if params.constraint is not None:
             req.constraint = build_constraint(core.tokenizer, **params.constraint)
             req.fsm_state = req.constraint.initial_state
-        except Exception as e:  # noqa: BLE001 - the request fails with it, the engine goes on
-            req.error = e
+        if continuation is not None:
+            continuation.constraints = [
+                None if p.constraint is None else build_constraint(core.tokenizer, **p.constraint)
+                for _, p in continuation.steps]
+    except Exception as e:  # noqa: BLE001 - the request fails with it, the engine goes on
+        req.error = e
     return req
 
 

@@ -100,8 +100,9 @@ def finish(req: Req, reason: dict, keep_text: bool = False) -> None:
     req.status = ReqStatus.FINISHED
 
 
-def make_result(req: Req) -> dict:
-    """The dict `Engine.generate` returns (SGLang's layout)."""
+def make_result(req: Req, program: bool = True) -> dict:
+    """The dict `Engine.generate` returns (SGLang's layout); for a program segment's request
+    (and `program`), also "gens": every gen's result in order, this last one included."""
     meta = {
         "id": str(req.rid),
         "prompt_tokens": len(req.input_ids),
@@ -119,7 +120,10 @@ def make_result(req: Req) -> dict:
             meta["output_top_logprobs"] = list(req.output_top_logprobs)
         lps = [lp for lp, _, _ in req.input_token_logprobs if lp is not None]
         meta["normalized_prompt_logprob"] = sum(lps) / len(lps) if lps else 0.0
-    return {"text": req.text, "output_ids": list(req.output_ids), "meta_info": meta}
+    result = {"text": req.text, "output_ids": list(req.output_ids), "meta_info": meta}
+    if program and req.continuation is not None:
+        result["gens"] = req.continuation.results + [dict(result)]
+    return result
 
 
 def progress_meta(req: Req) -> dict:

@@ -58,6 +58,7 @@ class Req:
     num_jump_forward_tokens: int = 0
     created: float = field(default_factory=time.perf_counter)
     result: dict | None = None  # the result dict, when it was built elsewhere (engine process)
+    continuation: Any = None  # the rest of a program segment (continuation.py), or None
 
     @property
     def fill_ids(self) -> list[int]:

@@ -19,7 +19,7 @@ from sglc.lang.backend import BaseBackend
 from sglc.ir import Op, parse
 from sglc.lang.chat_template import get_chat_template
 from sglc.lang.choices import ChoicesDecision
-from sglc.parser import CompileError, CompileWarning
+from sglc.parser import CompileError, CompileWarning, ProgramCheckError
 from sglc.passes import PIPELINE, PassManager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,7 +289,7 @@ def test_strict_errors_name_file_line_col_with_a_caret():
 
 
 @pytest.mark.parametrize("body, message", [
-    ("for q in s['qs']:\n        s += q", "unrolls loops"),
+    ("s += sgl.gen('qs')\n    for q in s['qs']:\n        s += q", "unrolls loops"),
     ("s = 1", "cannot be reassigned"),
     ("print(s)", "passes a program state"),
     ("f = s.fork(s['n'])", "fork branches must be known at compile time"),
@@ -304,6 +304,53 @@ def test_strict_errors(tmp_path, body, message):
     module = load_module(path)
     err = compile_error(module.prog)
     assert message in err.message and err.filename == str(path) and err.line >= 5
+
+
+def test_a_variable_no_gen_writes_is_a_program_mistake():
+    def prog(s, x):
+        s += "Q: " + sgl.gen("answer", max_tokens=4)
+        forks = s.fork(2)
+        forks += sgl.gen("branch", max_tokens=2)
+        s += s["anwser"]  # the typo
+
+    for strict in (True, False):  # a program mistake: raised, never run eagerly
+        with pytest.raises(ProgramCheckError) as info:
+            sgl.compile(prog, strict=strict)
+        err = info.value
+        assert err.line == prog.__code__.co_firstlineno + 4 and err.col == 13
+        assert "'anwser' is read here" in err.message and "did you mean 'answer'" in err.message
+        assert 's += s["anwser"]  # the typo\n' + " " * 17 + "^" in str(err)
+
+    def unjoined(s):
+        forks = s.fork(2)
+        forks += sgl.gen("branch", max_tokens=2)
+        s += s["branch"]  # only the branches have it until they are joined
+
+    assert "'branch' is read here" in compile_error(unjoined).message
+
+    def fine(s):
+        with s.var_scope("scoped"):
+            s += "text"
+        forks = s.fork(2)
+        forks += sgl.gen("branch", max_tokens=2)
+        forks.join()
+        s += s["scoped"] + str(len(s["branch"]))
+
+    assert sgl.compile(fine, strict=True).run(backend=FakeBackend()).text() == "texttext2"
+
+
+def test_a_read_an_appended_argument_might_write_runs_eagerly():
+    def prog(s, part):
+        s += part  # could be sgl.gen("x") passed in
+        s += s["x"]
+
+    err = compile_error(prog)
+    assert not isinstance(err, ProgramCheckError) and "runs eagerly" in err.message
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        compiled = sgl.compile(prog)
+    state = compiled.run(part="a" + sgl.gen("x", max_tokens=2), backend=FakeBackend())
+    assert state.error() is None and state.text().startswith("a<")
 
 
 def test_static_argument_without_default_needs_a_value():
@@ -396,15 +443,17 @@ def test_run_raises_and_run_batch_keeps_errors_on_states():
     @sgl.function
     def prog(s, bad):
         s += "x" + sgl.gen("g")
-        if bad:
-            s += s["missing"]
+        if not bad:
+            s += sgl.gen("late")
+        if bad:  # written on another path only: it fails when it runs
+            s += s["late"]
 
     compiled = sgl.compile(prog, strict=True)
-    with pytest.raises(sgl.ProgramError, match="no variable 'missing'") as info:
+    with pytest.raises(sgl.ProgramError, match="no variable 'late'") as info:
         compiled.run(bad=True, backend=FakeBackend())
     assert any("while running %" in note for note in info.value.__notes__)
     ok, failed = compiled.run_batch([{"bad": False}, {"bad": True}], backend=FakeBackend())
-    assert ok.error() is None and ok.text() == "x<1>"
+    assert ok.error() is None and ok.text().startswith("x<") and ok.text().count("<") == 2
     assert isinstance(failed.error(), sgl.ProgramError)
     (bad_args,) = compiled.run_batch([{"nope": 1}], backend=FakeBackend())
     assert isinstance(bad_args.error(), sgl.ProgramError)

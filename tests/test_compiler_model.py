@@ -38,6 +38,10 @@ class GreedyRuntime(sgl.Runtime):
         return super().generate_many(
             prompts, [dataclasses.replace(p, temperature=0.0) for p in params])
 
+    def generate_program(self, prompt, steps):
+        return super().generate_program(prompt, [
+            (k, dataclasses.replace(v, temperature=0.0) if k == "gen" else v) for k, v in steps])
+
 
 @pytest.fixture(scope="module")
 def greedy(engine):

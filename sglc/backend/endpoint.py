@@ -92,6 +92,10 @@ class _RemoteEngine:
         info = http.call("/get_model_info")
         self.config = SimpleNamespace(model_path=info.get("model_path"))
         self.tokenizer = _RemoteTokenizer(http, info)
+        self.supports_programs = bool(info.get("generate_program"))  # `sglc serve` has it
+
+    def generate_program(self, prompt: str, program: list) -> dict:
+        return self.http.call("/generate_program", {"text": prompt, "program": program})
 
     def generate(self, prompt=None, sampling_params=None, input_ids=None,
                  return_logprob=False, logprob_start_len=None, top_logprobs_num=0,

@@ -44,13 +44,15 @@ class GraphExecutor:
     """Runs a list of instances to completion (see the module docstring)."""
 
     def __init__(self, backend: BaseBackend, stream: bool = False, max_active: int | None = None,
-                 max_workers: int = 256, progress=None):
+                 max_workers: int = 256, progress=None, segments: bool = True):
         self.backend = backend
         self.stream = stream
         self.max_active = max_active
         self.max_workers = max_workers
         self.progress = progress
         self.batched_generate = type(backend).generate_many is not BaseBackend.generate_many
+        # whole-program execution: gen/text/gen runs go to the engine as one request
+        self.segments = segments and bool(backend.supports_programs) and not stream
         self._done: queue.Queue = queue.Queue()
         self._inflight = 0
         self._commits: dict = {}  # (plan, node) -> instances waiting on one shared commit
@@ -78,8 +80,8 @@ class GraphExecutor:
                 jobs: list = []  # every model call that became ready this round, together
                 while self._ready:
                     _, i, n = heapq.heappop(self._ready)
-                    if not instances[i].failed:
-                        self._step(i, instances[i], n, jobs)
+                    if not instances[i].failed and n not in instances[i].values:
+                        self._step(i, instances[i], n, jobs)  # (a segment may have run it)
                 for job in jobs:
                     self._submit(*job)
                 if not self._inflight and not self._ready and not waiting:
@@ -152,6 +154,10 @@ class GraphExecutor:
                 return self._resolve(i, inst, n, live[0] if live else DEAD)
             if n in inst.plan.group_of:
                 return self._group_member(i, inst, n, args, jobs)
+            if node.op is Op.GEN and self.segments and inst.plan.segments.get(n):
+                segment = self._usable(inst, inst.plan.segments[n])
+                if segment:
+                    return jobs.append((i, [n] + segment))  # whole-program execution
             if node.op in (Op.GEN, Op.SELECT) or (node.op is Op.APPEND and
                                                    self._append_calls_model(node, args)):
                 return jobs.append((i, [n]))
@@ -255,6 +261,8 @@ class GraphExecutor:
     def _submit(self, i: int, nodes: list) -> None:
         inst = self.instances[i]
         plan = inst.plan
+        if len(nodes) > 1 and nodes[0] in plan.segments:
+            return self._spawn(i, nodes, lambda: self._segment(inst, nodes))
         ins = [inst.values[plan.nodes[n].args[0]] for n in nodes]
         if len(nodes) > 1 and plan.nodes[nodes[0]].op is Op.GEN and self.batched_generate:
             return self._spawn(i, nodes, lambda: self._gen_many(plan, nodes, ins))
@@ -294,6 +302,64 @@ class GraphExecutor:
             exe._execute(SglConstantText(text))
             exe._set(node.attrs.get("name"), text, meta)
         return exe
+
+    def _usable(self, inst: Instance, segment: list) -> list:
+        """The part of a gen's segment that can run now: up to the last gen before the first
+        append of a value not known yet (or one holding a model call)."""
+        last_gen = 0
+        for k, n in enumerate(segment):
+            node = inst.plan.nodes[n]
+            if node.op is Op.APPEND and (node.args[1] not in inst.values or
+                                         self._append_calls_model(node, [None, inst.values[
+                                             node.args[1]]])):
+                break
+            if node.op is Op.GEN:
+                last_gen = k + 1
+        return segment[:last_gen]
+
+    def _segment(self, inst: Instance, nodes: list) -> list:
+        """Run a gen and the constant ops and gens after it (`Plan.segments`) as one engine
+        request that continues in place; returns the nodes' states in order. The text between
+        gens is predicted on a scratch state and checked against the real one: from a gen whose
+        prompt would differ (or whose parameters a segment cannot carry) on, the rest is
+        left to run node by node, so the values returned may be a prefix of `nodes`."""
+        plan = inst.plan
+        start = inst.values[plan.nodes[nodes[0]].args[0]]
+        scratch, steps = clone(start), []
+        for n in nodes:
+            node = plan.nodes[n]
+            if node.op is Op.GEN:
+                params = self._params(plan, n, scratch)
+                if params.n not in (None, 1) or params.to_request()[1]:
+                    break  # n > 1 or logprobs: not in a segment
+                steps.append(("gen", params))
+                scratch._set(node.attrs.get("name"), "", {})
+            else:
+                before = len(scratch.text_)
+                scratch._execute(self._expr(node, [scratch] + [inst.values[a]
+                                                                for a in node.args[1:]]))
+                steps.append(("text", scratch.text_[before:]))
+        if sum(kind == "gen" for kind, _ in steps) < 2 or not start.text_:
+            return [self._call(inst, nodes[0], [start])]
+        outs = iter(self.backend.generate_program(start.text_, steps))
+        values, exe, expected = [], start, start.text_
+        for n, (kind, value) in zip(nodes, steps):
+            node = plan.nodes[n]
+            exe = clone(exe)
+            if kind == "gen":
+                if exe.text_ != expected:
+                    logger.debug("segment at %%%s: predicted prompt differs; going on node by "
+                                 "node", n)
+                    break
+                text, meta = next(outs)
+                exe._execute(SglConstantText(text))
+                exe._set(node.attrs.get("name"), text, meta)
+                expected += text
+            else:
+                exe._execute(self._expr(node, [exe] + [inst.values[a] for a in node.args[1:]]))
+                expected += value
+            values.append(exe)
+        return values
 
     def _params(self, plan: Plan, n, exe: StreamExecutor) -> SglSamplingParams:
         params = exe.resolve_sampling_params(plan.params[n])

@@ -13,6 +13,8 @@ from ..lang.primitives import ProgramError, SglGen, SglSamplingParams, SglSelect
 from ..lang.state import ProgramState
 
 ATTR_TO_FIELD = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
+#: ops a running gen's request continues through (nothing but the state in, constant text out)
+CONTINUING_OPS = (Op.TEXT, Op.ROLE_BEGIN, Op.ROLE_END, Op.SCOPE_BEGIN, Op.SCOPE_END, Op.GEN)
 
 
 def _unpack(value, n: int) -> tuple:
@@ -92,9 +94,29 @@ class Plan:
                                    methods[a.get("choices_method", "token_length_normalized")])
             elif node.op is Op.PY:
                 self.code[n] = compile(a["code"], f"<sglc %{n}: {node.loc or 'py'}>", "eval")
+        self.segments = {n: self._segment_after(n) for n, node in self.nodes.items()
+                         if node.op is Op.GEN and n not in self.group_of}
         self.var_names = sorted({a["name"] for node in self.nodes.values()
                                  for a in [node.attrs] if node.op in (
                                      Op.GEN, Op.SELECT, Op.SCOPE_END) and a.get("name")})
+
+    def _segment_after(self, n) -> list:
+        """The nodes a gen's request can carry on through (whole-program execution): constant
+        text, roles, scopes and appends (of values known before the gen: checked when it
+        runs), each the only op continuing the state before it, up to and including the last
+        gen reachable that way (empty if no second gen follows)."""
+        chain, segment = [], []
+        while True:
+            nexts = [u for u in self.users[n] if self.nodes[u].args[:1] == (n,) and u not in
+                     self.group_of and (self.nodes[u].op in CONTINUING_OPS and
+                                        len(self.nodes[u].args) == 1 or
+                                        self.nodes[u].op is Op.APPEND)]
+            if len(nexts) != 1:
+                return segment
+            n = nexts[0]
+            chain.append(n)
+            if self.nodes[n].op is Op.GEN:
+                segment = list(chain)
 
     def _main_chain(self) -> set:
         """The nodes the returned state is built through (what a streamed state shows)."""

@@ -91,6 +91,26 @@ class RuntimeBackend(BaseBackend):
             self.token_usage.add(o["meta_info"])
         return [(o["text"], self._meta_with_text(o["meta_info"])) for o in outs]
 
+    @property
+    def supports_programs(self) -> bool:
+        return bool(getattr(self.engine, "supports_programs", True))
+
+    def generate_program(self, prompt: str, steps: list[tuple[str, object]]
+                         ) -> list[tuple[str, dict]]:
+        program = []
+        for kind, value in steps:
+            if kind == "gen":
+                sp, lp = value.to_request()
+                if lp:
+                    raise ProgramError("a program segment's gens return no logprobs")
+                program.append({"gen": sp})
+            else:
+                program.append({"text": value})
+        out = self.engine.generate_program(prompt, program)
+        for g in out["gens"]:
+            self.token_usage.add(g["meta_info"])
+        return [(g["text"], self._meta_with_text(g["meta_info"])) for g in out["gens"]]
+
     def generate_stream(self, prompt: str, params: SglSamplingParams
                         ) -> Iterator[tuple[str, dict]]:
         sp, lp = params.to_request()

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import ast
 import copy
+import difflib
 from dataclasses import fields
 
 from sglc_runtime.errors import SglcError
 
 from ..ir.ops import GEN_PARAMS, Op
-from .errors import ProgramCheckError
+from .errors import CompileError, ProgramCheckError
 from .builder import Const, GroupRef, StateRef, Val, json_exact
 from .fold import (
     PURE_METHODS,
@@ -177,6 +178,41 @@ class ExprMixin:
         return None
 
     # ---- values -------------------------------------------------------------------------------
+    def get_var(self, key: str, name: str, e: ast.expr) -> int:
+        """A `get` of variable `name` from state `key`, checked: some gen, select, var_scope
+        or join before it must write `name`. When nothing can, that is a program mistake
+        (eagerly it fails when it gets there); when only an appended run-time value could (a
+        program argument or Python value holding a gen), the program runs eagerly instead."""
+        state = self.b.state(key)
+        seen, stack, maybe = set(), [state], False
+        g = self.b.g
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            node = g.node(n)
+            if node.op in (Op.GEN, Op.SELECT, Op.SCOPE_END) and node.attrs.get("name") == name:
+                break
+            if node.op is Op.APPEND and "format" not in node.attrs and \
+                    "conversion" not in node.attrs and g.node(node.args[1]).op in (Op.ARG, Op.PY):
+                maybe = True
+            stack.extend(node.args)
+        else:
+            where = self.frame.src.where(e)
+            message = (f"variable {name!r} is read here, but no gen, select or var_scope "
+                       f"before it writes {name!r}")
+            written = sorted({node.attrs["name"] for node in map(g.node, g.nodes) if node.op in (
+                Op.GEN, Op.SELECT, Op.SCOPE_END) and isinstance(node.attrs.get("name"), str)})
+            close = difflib.get_close_matches(name, written, n=1)
+            if close:
+                message += f" (did you mean {close[0]!r}?)"
+            if maybe:
+                raise CompileError(message + "; an appended run-time value might hold a gen "
+                                   "that does, so the program runs eagerly", *where)
+            raise ProgramCheckError(message, *where)
+        return self.b.emit(Op.GET, (state,), name=name)
+
     def value(self, e: ast.expr):
         """The binding of expression `e`: Const, Val, StateRef or GroupRef."""
         ok, v = self.fold(e)
@@ -191,7 +227,7 @@ class ExprMixin:
             key = self.state_of(e.value)
             ok, name = self.fold(e.slice)
             if key is not None and ok and isinstance(name, str):
-                return Val(self.b.emit(Op.GET, (self.b.state(key),), name=name))
+                return Val(self.get_var(key, name, e))
         if isinstance(e, ast.Call):
             inlined = self.try_inline(e)
             if inlined is not None:
@@ -201,7 +237,7 @@ class ExprMixin:
                 key = self.state_of(func.value)
                 ok, name = self.fold(e.args[0])
                 if key is not None and ok and isinstance(name, str) and len(e.args) == 1:
-                    return Val(self.b.emit(Op.GET, (self.b.state(key),), name=name))
+                    return Val(self.get_var(key, name, e))
         return Val(self.py(e))
 
     def node_of(self, binding, e: ast.AST | None = None) -> float:

@@ -60,7 +60,7 @@ class PyRewriter(ast.NodeTransformer):
         if key is not None and not self.shadows(e.value):
             ok, name = self.lw.fold(e.slice)
             if ok and isinstance(name, str):
-                return self.operand(self.lw.b.emit(Op.GET, (self.lw.b.state(key),), name=name))
+                return self.operand(self.lw.get_var(key, name, e))
         key = self.lw.state_of(e)
         if key is not None and not self.shadows(e.value):
             return self.operand(self.lw.b.state(key))

@@ -102,7 +102,8 @@ def create_app(engine: Engine, model_name: str = "default", api_key: str | None 
                 "chat_template": tok.chat_template, "bos_token_id": tok.bos_token_id,
                 "bos_token": tok.bos_token, "eos_token_ids": list(tok.eos_token_ids),
                 "add_bos": tok.add_bos, "special_ids": sorted(tok.special_ids),
-                "vocab_size": tok.vocab_size, "is_generation": True}
+                "vocab_size": tok.vocab_size, "is_generation": True,
+                "generate_program": True}
 
     @app.get("/get_model_info")
     async def model_info():
@@ -182,6 +183,17 @@ def create_app(engine: Engine, model_name: str = "default", api_key: str | None 
             out = [with_token_text(o) for o in out] if isinstance(out, list) \
                 else with_token_text(out)
         return out
+
+    @app.post("/generate_program")
+    async def generate_program(request: Request):
+        """sglc's own route: a straight-line program segment as one continuing request,
+        {"text": prompt, "program": [{"text": str} | {"gen": sampling_params}, ...]}."""
+        body = await body_of(request)
+        unknown = sorted(set(body) - {"text", "program"})
+        if unknown:
+            raise ParamError(unknown[0], f"unsupported /generate_program field(s): "
+                                         f"{', '.join(unknown)}")
+        return await engine.async_generate_program(body.get("text"), body.get("program"))
 
     # ---- OpenAI routes ----------------------------------------------------------------------
     @app.get("/v1/models")

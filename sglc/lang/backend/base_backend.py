@@ -47,6 +47,8 @@ class BaseBackend:
     speculative_execution: bool = False
     #: whether `generate_n` makes one call for n samples (a fork's same-continuation gens use it)
     supports_n: bool = False
+    #: whether `generate_program` runs a gen/text/gen segment as one continuing request
+    supports_programs: bool = False
 
     def __init__(self) -> None:
         self.token_usage = TokenUsage()
@@ -73,6 +75,14 @@ class BaseBackend:
     def generate_n(self, prompt: str, params: SglSamplingParams, n: int
                    ) -> list[tuple[str, dict]]:
         """`n` samples of one continuation (backends with `supports_n`)."""
+        raise NotImplementedError
+
+    def generate_program(self, prompt: str, steps: list[tuple[str, object]]
+                         ) -> list[tuple[str, dict]]:
+        """Run a straight-line segment, steps ("gen", SglSamplingParams) / ("text", str), as one
+        request that continues in place (backends with `supports_programs`); returns
+        (text, meta_info) per gen. Each gen must see exactly the prompt a `generate` call for
+        the text so far would send."""
         raise NotImplementedError
 
     def generate_many(self, prompts: list[str], params: list[SglSamplingParams]
