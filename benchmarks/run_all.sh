@@ -14,3 +14,4 @@ python benchmarks/bench_dp.py
 if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     python benchmarks/bench_gpu.py  # on a GPU machine
 fi
+python benchmarks/bench_precision.py --repeats 3

@@ -27,6 +27,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cuda-graph-max-bs", type=int, default=160)
     g.add_argument("--disable-prepacked-linear", action="store_true",
                    help="on the CPU, use torch's F.linear instead of oneDNN-packed weights")
+    g.add_argument("--disable-fp32-logits", action="store_true",
+                   help="in bfloat16, keep the LM head's 16-bit logits (by default each row's "
+                        "top candidates are recomputed in float32)")
     g.add_argument("--quantization", default="auto", choices=["auto", "none", "int4"],
                    help="int4: small-batch decode reads int4 weights (CPU, faster batch-1); "
                         "auto: int4 in bfloat16 when the GGUF's projections are 4-bit already")
@@ -53,5 +56,6 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 disable_cuda_graph=args.disable_cuda_graph,
                 cuda_graph_max_bs=args.cuda_graph_max_bs,
                 disable_prepacked_linear=args.disable_prepacked_linear,
+                disable_fp32_logits=args.disable_fp32_logits,
                 quantization=args.quantization, engine_in_process=args.engine_in_process,
                 dp_size=args.dp_size, router_policy=args.router_policy)

@@ -69,6 +69,12 @@ def gather(buf: torch.Tensor, idx) -> torch.Tensor:
     return rows.view(*idx.shape, *buf.shape[1:])
 
 
+# Scores in float32 even for 16-bit q and k: rounded to 16 bits (8 significant bits: +-0.06 at
+# a score of 16) they moved greedy choices away from float32's (bench_precision.py measures
+# both; False is the ablation)
+SCORES_IN_FLOAT32 = True
+
+
 def attend(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, scale: float,
            mask: torch.Tensor | None = None,
            need_lse: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -76,9 +82,9 @@ def attend(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, scale: float
 
     q: (B, Tq, n_q, hd); keys, vals: (B, L, n_kv, hd); mask: (B, Tq, L) bool, True = visible
     (every query must see at least one key). Returns out (B, Tq, n_q, hd) in q's dtype and
-    lse (B, Tq, n_q) in float32 (None unless `need_lse`). Scores come out of the matmul in q's
-    dtype; softmax and log-sum-exp accumulate in float32 (torch's CPU softmax does so for
-    16-bit inputs), as HF's eager attention does in bfloat16.
+    lse (B, Tq, n_q) in float32 (None unless `need_lse`). Scores, softmax and log-sum-exp are
+    float32 (as in SDPA's fused CPU kernel, which accumulates in float32); the probabilities
+    meet the values in q's dtype, as in HF's eager attention.
     """
     B, Tq, nq, hd = q.shape
     L, nkv = keys.shape[1], keys.shape[2]
@@ -91,14 +97,17 @@ def attend(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, scale: float
         qc = q[:, s:s + step]
         tq = qc.shape[1]
         qh = qc.reshape(B, tq, nkv, g, hd).permute(0, 2, 1, 3, 4).reshape(B, nkv, tq * g, hd)
-        scores = torch.matmul(qh, kt).mul_(scale)  # (B, n_kv, tq*g, L)
+        if SCORES_IN_FLOAT32:
+            scores = torch.matmul(qh.float(), kt.float()).mul_(scale)  # (B, n_kv, tq*g, L)
+        else:
+            scores = torch.matmul(qh, kt).mul_(scale).float()
         if mask is not None:
             visible = mask[:, s:s + step, None, :].expand(B, tq, g, L).reshape(B, 1, tq * g, L)
             scores.masked_fill_(~visible, float("-inf"))
         if need_lse:
             lse = scores.float().logsumexp(-1)  # (B, n_kv, tq*g)
             lses.append(lse.view(B, nkv, tq, g).permute(0, 2, 1, 3).reshape(B, tq, nq))
-        o = torch.matmul(torch.softmax(scores, -1), vh)  # (B, n_kv, tq*g, hd)
+        o = torch.matmul(torch.softmax(scores, -1).to(vh.dtype), vh)  # (B, n_kv, tq*g, hd)
         outs.append(o.view(B, nkv, tq, g, hd).permute(0, 2, 1, 3, 4).reshape(B, tq, nq, hd))
     if len(outs) == 1:  # one chunk (every decode step): no concatenating copy
         return outs[0], lses[0] if need_lse else None

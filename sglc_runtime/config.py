@@ -83,6 +83,8 @@ class EngineConfig:
     cuda_graph_max_bs: int = 160  # larger decode batches run eagerly
     # on the CPU, linears call oneDNN with weights reordered once at load (packed_linear.py)
     disable_prepacked_linear: bool = False
+    # in 16 bits, each row's top logits are recomputed in float32 (model/llama.py)
+    disable_fp32_logits: bool = False
     context_length: int | None = None
     num_threads: int | None = None
     check_invariants: bool = False  # verify KV accounting after every step (tests)

@@ -28,7 +28,7 @@ def load_model(cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Tokeni
     path = resolve_model_path(cfg.model_path)
     cfg.quantization = resolve_quantization(path, cfg)
     key = (str(path.resolve()), cfg.dtype, cfg.device, cfg.quantization,
-           cfg.disable_prepacked_linear)
+           cfg.disable_prepacked_linear, cfg.disable_fp32_logits)
     if key not in _LOADED:
         _LOADED[key] = _load(path, cfg)
     return _LOADED[key]
@@ -65,8 +65,12 @@ def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Token
     model = model.to_empty(device="cpu")
     model.model.rotary_emb.__init__(mcfg.head_dim, mcfg.max_position_embeddings, mcfg.rope_theta)
     model.load_weights(weights)
+    lm_head32 = model.lm_head.weight.detach().float().clone() \
+        if cfg.dtype != torch.float32 and not cfg.disable_fp32_logits else None
     model = model.to(device=cfg.device, dtype=cfg.dtype).eval()
     model.model.rotary_emb.float()
+    if lm_head32 is not None:  # kept out of .to(): it stays float32
+        model.lm_head_fp32 = lm_head32.to(cfg.device)
     if cfg.quantization == "int4":
         from .model.int4 import enable_int4_decode
 

@@ -353,6 +353,64 @@ def test_a_read_an_appended_argument_might_write_runs_eagerly():
     assert state.error() is None and state.text().startswith("a<")
 
 
+class StepBackend(FakeBackend):
+    """Answers "finish" once the prompt holds more than `finish_after` steps."""
+
+    def __init__(self, finish_after: int):
+        super().__init__()
+        self.finish_after = finish_after
+
+    def generate(self, prompt, params):
+        n = prompt.count("Step ")
+        return ("finish" if n > self.finish_after else f"act{n}"), {"prompt_tokens": len(prompt)}
+
+
+def agent_loop(s, task):
+    s += "Task: " + task + "\n"
+    step, done = 0, False
+    while not done and step < 4:  # the condition reads generated text; the counter bounds it
+        s += f"Step {step}: " + sgl.gen("action", max_tokens=8, stop="\n") + "\n"
+        done = "finish" in s["action"]
+        step += 1
+    s += "Steps taken: " + str(step)
+    return step
+
+
+def until_stop_or_three(s, task):
+    s += task
+    i = 0
+    while True:
+        s += "Step " + sgl.gen("a", max_tokens=2) + ";"
+        if s["a"] == "finish" or i == 2:  # `i == 2` decides it at compile time
+            break
+        i += 1
+    s += str(i)
+
+
+@pytest.mark.parametrize("program", [agent_loop, until_stop_or_three])
+def test_while_loops_that_read_generated_text_compile(program):
+    compiled = sgl.compile(program, strict=True)
+    assert compiled.compile_error is None
+    ops = [compiled.graph.node(n).op for n in compiled.graph.nodes]
+    assert Op.BRANCH in ops and Op.MERGE in ops  # the loop's exits are run-time branches
+    for finish_after in range(6):
+        eager = sgl.function(program).run(task="t", backend=StepBackend(finish_after))
+        got = compiled.run(task="t", backend=StepBackend(finish_after))
+        assert eager.error() is None and got.error() is None
+        assert got.text() == eager.text() and got.ret_value == eager.ret_value, finish_after
+
+
+def test_a_while_loop_nothing_bounds_runs_eagerly_with_advice():
+    def prog(s):
+        s += "x" + sgl.gen("a", max_tokens=2)
+        while s["a"] != "stop":
+            s += sgl.gen("a", max_tokens=2)
+
+    err = compile_error(prog)
+    assert "nothing bounds it" in err.message and "step < 8" in err.message
+    assert err.line == prog.__code__.co_firstlineno + 2
+
+
 def test_static_argument_without_default_needs_a_value():
     def prog(s, n):
         for _ in range(n):

@@ -137,6 +137,17 @@ def while_counted(s, answer):
 
 
 @sgl.function
+def while_generated(s, answer):
+    s += "Answer: " + answer + "\nGive short reasons, one per line; write DONE when done.\n"
+    step, done = 0, False
+    while not done and step < 4:  # ends on generated text, bounded by the counter
+        s += f"{step + 1}." + sgl.gen("reason", max_tokens=8, stop="\n") + "\n"
+        done = "done" in s["reason"].lower() or len(s["reason"]) < 3
+        step += 1
+    s += f"({step} steps)"
+
+
+@sgl.function
 def helper(s, topic, n=2):
     s += f"Write {n} words about {topic}:" + sgl.gen("words", max_tokens=6, stop="\n")
 
@@ -155,7 +166,7 @@ def helper_and_try(s, answer):
 
 
 @pytest.mark.parametrize("program", [zip_judge, enumerate_inline_fork, while_counted,
-                                     helper_and_try])
+                                     while_generated, helper_and_try])
 def test_new_constructs_compile_and_match_eager(program, greedy):
     args = {"answer": "The sky is blue because of Rayleigh scattering."}
     compiled = sgl.compile(program, strict=True, backend=greedy)
@@ -171,7 +182,7 @@ def test_data_dependent_while_runs_eagerly_with_a_plain_reason(greedy):
         while "yes" not in s.text().lower()[-20:] and len(s.text()) < 60:
             s += sgl.gen(max_tokens=3)
 
-    with pytest.warns(CompileWarning, match="while.*run time"):
+    with pytest.warns(CompileWarning, match="while.*nothing bounds it"):
         compiled = sgl.compile(until_yes)
     assert compiled.compile_error is not None and " object at 0x" not in str(compiled.compile_error)
     assert compiled.run(backend=greedy, temperature=0).text() == \

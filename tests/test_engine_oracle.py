@@ -139,3 +139,51 @@ def test_bfloat16_logprobs_are_as_close_to_hf_as_hf_bfloat16(hf_model):
         eng.shutdown()
     ours_mean, hf_mean = torch.cat(ours_err).mean(), torch.cat(hf_err).mean()
     assert ours_mean <= 2 * hf_mean, (float(ours_mean), float(hf_mean))
+
+
+CHAT_QUESTIONS = ["What is the capital of France?", "What is 2 + 3?", "Name a primary color.",
+                  "Who wrote Hamlet?", "What is the largest ocean on Earth?",
+                  "How many legs does a spider have?", "What gas do plants breathe in?",
+                  "Translate 'thank you' into Spanish.", "Name one planet in the solar system.",
+                  "What is the opposite of hot?"]
+NEAR_TIE = 0.05  # float32 HF's own top-2 logit gap below which 16-bit math may pick either
+
+
+@torch.no_grad()
+def hf_greedy_margins(model, ids, n):
+    """Greedy tokens (ignoring EOS) and, per step, float32 HF's gap between its top two
+    logits."""
+    seq, margins = list(ids), []
+    out = model(torch.tensor([seq]), use_cache=True)
+    for _ in range(n):
+        top = out.logits[0, -1].float().topk(2).values
+        margins.append(float(top[0] - top[1]))
+        seq.append(int(out.logits[0, -1].argmax()))
+        out = model(torch.tensor([[seq[-1]]]), past_key_values=out.past_key_values,
+                    use_cache=True)
+    return seq[len(ids):], margins
+
+
+def test_default_engine_greedy_chat_answers_match_float32_hf(hf_model):
+    """The default engine (bfloat16 where the CPU has it, int4 small-batch decode) answers chat
+    questions greedily as float32 HF does: token for token until float32 HF itself meets a
+    near-tie. (Rounded attention scores and 16-bit LM-head logits once answered "What is the
+    capital of France?" with "L'Étoile, la Marseillaise..." instead of "...Paris.")"""
+    from sglc_runtime.engine import Engine
+
+    eng = Engine()
+    n, agreed = 24, 0
+    try:
+        for q in CHAT_QUESTIONS:
+            ids = eng.tokenizer.encode(eng.tokenizer.apply_chat_template(
+                [{"role": "user", "content": q}], True))
+            ours = eng.generate(input_ids=ids, sampling_params={
+                "temperature": 0, "max_new_tokens": n, "ignore_eos": True})["output_ids"]
+            ref, margins = hf_greedy_margins(hf_model, ids, n)
+            upto = next((i for i, m in enumerate(margins) if m < NEAR_TIE), n)
+            assert ours[:upto] == ref[:upto], (
+                q, eng.tokenizer.decode(ours), eng.tokenizer.decode(ref))
+            agreed += ours == ref
+    finally:
+        eng.shutdown()
+    assert agreed >= len(CHAT_QUESTIONS) - 2, agreed

@@ -71,3 +71,24 @@ def test_prepack_keeps_a_tied_weight_and_drops_the_rest():
     assert isinstance(model.proj, PackedLinear) and model.proj.weight is None
     assert model.head.weight is model.embed.weight  # the embedding still reads it
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_refined_top_logits_are_the_float32_products():
+    """A bfloat16 LM head's logits with each row's top k recomputed from the float32 weight:
+    those k equal the float32 products (where bfloat16 had rounded near-ties together), the
+    rest keep the bfloat16 values, and the row's argmax is float32's."""
+    from sglc_runtime.model.llama import refine_top_logits
+
+    torch.manual_seed(0)
+    w32 = torch.randn(5000, 64) * 0.3
+    h = torch.randn(6, 64).bfloat16()
+    logits = (h @ w32.bfloat16().t()).float()
+    exact = h.float() @ w32.t()
+    before = logits.clone()
+    refine_top_logits(logits, h, w32, k=8)
+    top = before.topk(8, dim=-1).indices
+    assert torch.allclose(logits.gather(1, top), exact.gather(1, top), rtol=1e-5, atol=1e-5)
+    rest = torch.ones_like(logits, dtype=torch.bool).scatter_(1, top, False)
+    assert torch.equal(logits[rest], before[rest])
+    assert torch.equal(logits.argmax(-1), exact.argmax(-1))
+    assert not torch.equal(before.gather(1, top), exact.gather(1, top))  # rounding was real

@@ -13,6 +13,7 @@ from ..ir.ops import Op
 from .builder import Const, GroupRef, StateRef
 
 MAX_UNROLL = 1024
+MAX_DATA_UNROLL = 32  # unrolled iterations of a loop whose condition reads generated text
 
 
 @dataclass
@@ -27,6 +28,8 @@ class ControlMixin:
 
     def stmt_If(self, st: ast.If) -> None:
         ok, test = self.fold(st.test)
+        if not ok:  # `generated == "stop" or step == 2`: a known operand may decide it
+            ok, test = self._fold_truth(st.test)
         if ok:
             return self.block(st.body if test else st.orelse)
         binding = self.value(st.test)
@@ -91,22 +94,44 @@ class ControlMixin:
         self.block(st.orelse)
 
     def stmt_While(self, st: ast.While) -> None:
-        """Unrolled while its condition folds at compile time (`while n < 3: ...; n += 1`); a
-        condition on generated text has no loop form in the graph, so such a program runs
-        eagerly (the error says so)."""
+        """Unrolled. A condition known at compile time decides each iteration there; one that
+        reads generated text becomes `if not cond: break` at the top of the iteration (a data-
+        dependent exit, like any other `break`). Unrolling ends where every path has left the
+        loop: a conjunct known to be false (`while not done and step < 5`) or a compile-time
+        `break` in the body; a loop that nothing bounds within MAX_DATA_UNROLL data-dependent
+        iterations runs eagerly (the error says how to bound it)."""
         if st.orelse:
             raise self.error(st, "while ... else is not supported")
         loop = Loop(self.frame.with_depth)
         self.frame.loops.append(loop)
+        data_iterations = 0
         try:
             for _ in range(MAX_UNROLL + 1):
                 self.cur = st
                 ok, test = self.fold(st.test)
+                if ok and not test:
+                    break
+                if not ok or loop.breaks:  # the loop's end depends on generated text
+                    data_iterations += 1
                 if not ok:
-                    raise self.error(st.test, "this `while` condition depends on values known "
-                                              "only at run time (generated text); the compiler "
-                                              "unrolls loops, so the program runs eagerly")
-                if not test or not self._iteration(loop, st.body):
+                    rest = self._run_time_conjuncts(st.test)
+                    if rest is None:  # a conjunct is false now
+                        break
+                if data_iterations > MAX_DATA_UNROLL:
+                    raise self.error(st.test, (
+                        "this `while` loop ends on generated text and nothing bounds it within "
+                        f"{MAX_DATA_UNROLL} iterations at compile time (add a counter, e.g. "
+                        "`while ... and step < 8`, or a `break` after a fixed count); the "
+                        "program runs eagerly"))
+                if not ok:
+                    leave = ast.If(test=ast.UnaryOp(op=ast.Not(), operand=rest),
+                                   body=[ast.Break()], orelse=[])
+                    ast.copy_location(leave, st.test)
+                    ast.fix_missing_locations(leave)
+                    self.stmt_If(leave)
+                    if self.b.dead:
+                        break
+                if not self._iteration(loop, st.body):
                     break
             else:
                 raise self.error(st, f"the loop runs more than {MAX_UNROLL} times; the "
@@ -114,6 +139,35 @@ class ControlMixin:
         finally:
             self.frame.loops.pop()
         self.continue_from(self.b.merge(loop.breaks + [self.b.snapshot(self.frame.locals)]))
+
+    def _fold_truth(self, test: ast.expr) -> tuple[bool, bool]:
+        """The truth of an `and` / `or` test one of whose operands decides it at compile time
+        (an `if` only asks for truth; reading generated text has no side effect)."""
+        if not isinstance(test, ast.BoolOp):
+            return False, False
+        decider = isinstance(test.op, ast.Or)  # the value that decides: True for or
+        for part in test.values:
+            ok, v = self.fold(part)
+            if not ok:
+                ok, v = self._fold_truth(part)
+            if ok and bool(v) == decider:
+                return True, decider
+        return False, False
+
+    def _run_time_conjuncts(self, test: ast.expr) -> ast.expr | None:
+        """`test` without its conjuncts known to be true now; None if one is known false."""
+        parts = test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) \
+            else [test]
+        rest = []
+        for part in parts:
+            ok, v = self.fold(part)
+            if not ok:
+                rest.append(part)
+            elif not v:
+                return None
+        if len(rest) == 1:
+            return rest[0]
+        return ast.copy_location(ast.BoolOp(op=ast.And(), values=rest), test)
 
     def loop_items(self, it: ast.expr) -> list:
         """What a `for` loop binds per iteration: fork branches (`forks`, `s.fork(n)`), compile-time

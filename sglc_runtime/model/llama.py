@@ -114,21 +114,43 @@ class LlamaModel(nn.Module):
         return self.norm(x)
 
 
+#: logits per row recomputed in float32 when the model runs in 16 bits (see refine_top_logits)
+REFINE_TOP_K = 16
+
+
+def refine_top_logits(logits: torch.Tensor, h: torch.Tensor, weight32: torch.Tensor,
+                      k: int = REFINE_TOP_K) -> None:
+    """In place: each row's k largest logits recomputed in float32 (the hidden state times the
+    LM head's float32 weight). A 16-bit LM head rounds its outputs to 8 significant bits, so
+    near-ties among the top candidates (greedy decoding's whole decision) come out as exact
+    ties or swapped; the rest of the vocabulary cannot win against them, and its rounding
+    barely moves a softmax. Costs a top-k and R*k dot products; a float32 LM head over the
+    whole vocabulary would cost 3x the bfloat16 one."""
+    idx = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # (R, k)
+    exact = torch.einsum("rkd,rd->rk", weight32[idx], h.float())
+    logits.scatter_(1, idx, exact)
+
+
 class LlamaForCausalLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
         self.model = LlamaModel(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head_fp32: torch.Tensor | None = None  # set when the model runs in 16 bits
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch, pool: TokenToKVPool, logit_rows: torch.Tensor | None):
         """Run one step; return float32 logits for the rows `logit_rows` of the flat batch
-        (all rows when None). Shape (R, vocab)."""
+        (all rows when None). Shape (R, vocab). In 16 bits, each row's top candidates are
+        exact float32 products (`refine_top_logits`)."""
         h = self.model(fb, pool)
         if logit_rows is not None:
             h = h[logit_rows]
-        return self.lm_head(h).float()
+        logits = self.lm_head(h).float()
+        if self.lm_head_fp32 is not None:
+            refine_top_logits(logits, h, self.lm_head_fp32)
+        return logits
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Load HF-named float32 tensors, fusing q/k/v and gate/up."""
