@@ -55,6 +55,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench.run import main as bench_main
+
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sglc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="larger request bodies get HTTP 413")
     add_engine_args(s)
     s.set_defaults(func=cmd_serve)
+    b = sub.add_parser("bench", help="the workload table: sglc and its peers side by side")
+    from .bench.run import add_args as add_bench_args
+
+    add_bench_args(b)
+    b.set_defaults(func=cmd_bench)
     add_compile_commands(sub)
     return parser
 

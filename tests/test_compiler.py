@@ -339,18 +339,17 @@ def test_a_variable_no_gen_writes_is_a_program_mistake():
     assert sgl.compile(fine, strict=True).run(backend=FakeBackend()).text() == "texttext2"
 
 
-def test_a_read_an_appended_argument_might_write_runs_eagerly():
-    def prog(s, part):
+def test_a_read_an_appended_run_time_value_might_write_compiles():
+    def prog(s, part, options):
         s += part  # could be sgl.gen("x") passed in
-        s += s["x"]
+        s += "Pick:" + sgl.select("pick", choices=options)  # choices known at run time only
+        s += s["x"] + s["pick"]
 
-    err = compile_error(prog)
-    assert not isinstance(err, ProgramCheckError) and "runs eagerly" in err.message
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
-        compiled = sgl.compile(prog)
-    state = compiled.run(part="a" + sgl.gen("x", max_tokens=2), backend=FakeBackend())
+    compiled = sgl.compile(prog, strict=True)
+    state = compiled.run(part="a" + sgl.gen("x", max_tokens=2), options=["p", "q"],
+                         backend=FakeBackend())
     assert state.error() is None and state.text().startswith("a<")
+    assert state.text().endswith(state["x"] + state["pick"])
 
 
 class StepBackend(FakeBackend):

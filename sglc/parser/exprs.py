@@ -13,7 +13,7 @@ from dataclasses import fields
 from sglc_runtime.errors import SglcError
 
 from ..ir.ops import GEN_PARAMS, Op
-from .errors import CompileError, ProgramCheckError
+from .errors import ProgramCheckError
 from .builder import Const, GroupRef, StateRef, Val, json_exact
 from .fold import (
     PURE_METHODS,
@@ -181,8 +181,8 @@ class ExprMixin:
     def get_var(self, key: str, name: str, e: ast.expr) -> int:
         """A `get` of variable `name` from state `key`, checked: some gen, select, var_scope
         or join before it must write `name`. When nothing can, that is a program mistake
-        (eagerly it fails when it gets there); when only an appended run-time value could (a
-        program argument or Python value holding a gen), the program runs eagerly instead."""
+        (eagerly it fails when it gets there); an appended run-time value (a program argument,
+        or a select whose choices are known only at run time) might, so then it is not."""
         state = self.b.state(key)
         seen, stack, maybe = set(), [state], False
         g = self.b.g
@@ -199,7 +199,6 @@ class ExprMixin:
                 maybe = True
             stack.extend(node.args)
         else:
-            where = self.frame.src.where(e)
             message = (f"variable {name!r} is read here, but no gen, select or var_scope "
                        f"before it writes {name!r}")
             written = sorted({node.attrs["name"] for node in map(g.node, g.nodes) if node.op in (
@@ -207,10 +206,9 @@ class ExprMixin:
             close = difflib.get_close_matches(name, written, n=1)
             if close:
                 message += f" (did you mean {close[0]!r}?)"
-            if maybe:
-                raise CompileError(message + "; an appended run-time value might hold a gen "
-                                   "that does, so the program runs eagerly", *where)
-            raise ProgramCheckError(message, *where)
+            where = self.frame.src.where(e)
+            if not maybe:
+                raise ProgramCheckError(message, *where)
         return self.b.emit(Op.GET, (state,), name=name)
 
     def value(self, e: ast.expr):
