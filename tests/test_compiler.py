@@ -410,6 +410,20 @@ def test_a_while_loop_nothing_bounds_runs_eagerly_with_advice():
     assert err.line == prog.__code__.co_firstlineno + 2
 
 
+def test_a_loop_over_a_list_argument_falls_back_once_located():
+    def chat(s, questions):
+        for q in questions:
+            s += q + sgl.gen("a", max_tokens=2)
+
+    with pytest.warns(CompileWarning, match="sets a loop range"):
+        compiled = sgl.compile(chat)  # a fallback, not a program mistake
+    err = compiled.compile_error
+    assert not isinstance(err, ProgramCheckError)
+    assert str(err).count(f"{__file__}:") == 1  # one location, not the wrapped message's too
+    state = compiled.run(questions=["a", "b"], backend=FakeBackend())
+    assert state.error() is None and state.text().startswith("a<")
+
+
 def test_static_argument_without_default_needs_a_value():
     def prog(s, n):
         for _ in range(n):

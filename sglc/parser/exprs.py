@@ -13,7 +13,7 @@ from dataclasses import fields
 from sglc_runtime.errors import SglcError
 
 from ..ir.ops import GEN_PARAMS, Op
-from .errors import ProgramCheckError
+from .errors import CompileError, ProgramCheckError
 from .builder import Const, GroupRef, StateRef, Val, json_exact
 from .fold import (
     PURE_METHODS,
@@ -136,6 +136,8 @@ class ExprMixin:
     def fold(self, e: ast.expr, static: bool = False) -> tuple[bool, object]:
         try:
             ok, v = fold(e, lambda n: self.lookup(n, static))
+        except CompileError:  # the compiler's own verdict (e.g. a static argument without value)
+            raise
         except SglcError as err:  # e.g. sgl.gen(max_tokens="lots"): report it at its column
             if any(isinstance(self.frame.locals.get(n), GroupRef) for n in free_names(e)):
                 return False, None  # it met a fork branch's stand-in, not a program mistake
