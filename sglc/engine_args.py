@@ -43,19 +43,14 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-level", default="warning")
 
 
+#: the flags above that become `Engine` keyword arguments (all but --log-level)
+ENGINE_KWARGS = ("model_path", "dtype", "max_total_tokens", "max_running_requests",
+                 "chunked_prefill_size", "schedule_policy", "disable_radix_cache",
+                 "disable_regex_jump_forward", "disable_cascade_attention", "attention_backend",
+                 "disable_cuda_graph", "cuda_graph_max_bs", "disable_prepacked_linear",
+                 "disable_fp32_logits", "quantization", "engine_in_process", "dp_size",
+                 "router_policy")
+
+
 def engine_kwargs(args: argparse.Namespace) -> dict:
-    return dict(model_path=args.model_path, dtype=args.dtype,
-                max_total_tokens=args.max_total_tokens,
-                max_running_requests=args.max_running_requests,
-                chunked_prefill_size=args.chunked_prefill_size,
-                schedule_policy=args.schedule_policy,
-                disable_radix_cache=args.disable_radix_cache,
-                disable_regex_jump_forward=args.disable_regex_jump_forward,
-                disable_cascade_attention=args.disable_cascade_attention,
-                attention_backend=args.attention_backend,
-                disable_cuda_graph=args.disable_cuda_graph,
-                cuda_graph_max_bs=args.cuda_graph_max_bs,
-                disable_prepacked_linear=args.disable_prepacked_linear,
-                disable_fp32_logits=args.disable_fp32_logits,
-                quantization=args.quantization, engine_in_process=args.engine_in_process,
-                dp_size=args.dp_size, router_policy=args.router_policy)
+    return {k: getattr(args, k) for k in ENGINE_KWARGS}

@@ -105,7 +105,7 @@ def attend(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, scale: float
             visible = mask[:, s:s + step, None, :].expand(B, tq, g, L).reshape(B, 1, tq * g, L)
             scores.masked_fill_(~visible, float("-inf"))
         if need_lse:
-            lse = scores.float().logsumexp(-1)  # (B, n_kv, tq*g)
+            lse = scores.logsumexp(-1)  # (B, n_kv, tq*g), float32
             lses.append(lse.view(B, nkv, tq, g).permute(0, 2, 1, 3).reshape(B, tq, nq))
         o = torch.matmul(torch.softmax(scores, -1).to(vh.dtype), vh)  # (B, n_kv, tq*g, hd)
         outs.append(o.view(B, nkv, tq, g, hd).permute(0, 2, 1, 3, 4).reshape(B, tq, nq, hd))

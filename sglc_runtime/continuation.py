@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidRequestError
+from .jump_forward import common_prefix_len
 from .outputs import make_result
 from .request import Req, ReqStatus
 from .sampling_params import SamplingParams
@@ -81,10 +82,7 @@ def continue_request(req: Req, tok, scheduler, context_length: int, pool_size: i
         raise InvalidRequestError(f"prompt ({len(new)} tokens) + max_new_tokens "
                                   f"({params.max_new_tokens}) exceeds the KV pool "
                                   f"(max_total_tokens={pool_size})")
-    old = req.fill_ids
-    common = 0
-    while common < min(len(old), len(new)) and old[common] == new[common]:
-        common += 1
+    common = common_prefix_len(req.fill_ids, new)
     keep = min(req.kv_len, common, len(new) - 1)  # at least one token left to compute
     scheduler.truncate_kv(req, keep)  # while fill_ids still name the old tokens
     req.input_ids, req.output_ids, req.params = new, [], params

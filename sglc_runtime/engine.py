@@ -325,8 +325,12 @@ class Engine:
         req, after = self._make_program_req(prompt, program)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        req.on_update = (lambda r: r.finished and loop.call_soon_threadsafe(
-            lambda: done.done() or done.set_result(None)))
+
+        def on_update(r: Req) -> None:  # engine thread
+            if r.finished:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        req.on_update = on_update
         self._submit([req])
         try:
             await done

@@ -9,7 +9,8 @@ from .scheduler import Scheduler
 from .tokenizer import IncrementalDecoder, Tokenizer
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    """How many leading ids `a` and `b` share (what re-tokenized text keeps of its K/V)."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -39,7 +40,7 @@ def jump_forward(req: Req, tok: Tokenizer, scheduler: Scheduler) -> bool:
     new = tok.encode(text, add_special_tokens=False)
     if len(new) > req.params.max_new_tokens or b"".join(tb[t] for t in new) != data:
         return False  # would overrun the budget, or text does not round-trip through tokens
-    common = _common_prefix(old, new)
+    common = common_prefix_len(old, new)
     # drop K/V of the changed tail while fill_ids still name the old tokens
     scheduler.truncate_kv(req, min(req.kv_len, len(req.input_ids) + common))
     req.output_ids = new

@@ -23,16 +23,13 @@ from ..ir.ops import Op
 from ..lang.interpreter import StreamExecutor
 from ..lang.primitives import (
     SglConstantText,
-    SglRoleBegin,
-    SglRoleEnd,
     SglSamplingParams,
     SglSelect,
-    SglVarScopeBegin,
-    SglVarScopeEnd,
     as_expr,
 )
 from ..lang.backend import BaseBackend
-from .plan import Instance, Plan, SnapshotState, _has_model_call, clone
+from .plan import Instance, Plan, SnapshotState, appends_model_call, clone, node_expr
+from .segments import run_segment, usable_segment
 
 logger = logging.getLogger(__name__)
 
@@ -155,11 +152,11 @@ class GraphExecutor:
             if n in inst.plan.group_of:
                 return self._group_member(i, inst, n, args, jobs)
             if node.op is Op.GEN and self.segments and inst.plan.segments.get(n):
-                segment = self._usable(inst, inst.plan.segments[n])
+                segment = usable_segment(inst, inst.plan.segments[n])
                 if segment:
                     return jobs.append((i, [n] + segment))  # whole-program execution
             if node.op in (Op.GEN, Op.SELECT) or (node.op is Op.APPEND and
-                                                   self._append_calls_model(node, args)):
+                                                   appends_model_call(node, args[1])):
                 return jobs.append((i, [n]))
             if node.op is Op.COMMIT:
                 return self._commit(i, inst, n, args[0], jobs)
@@ -200,27 +197,8 @@ class GraphExecutor:
         if op is Op.JOIN:
             self._join(exe, args[1:], a["mode"])
         else:
-            exe._execute(self._expr(node, args))
+            exe._execute(node_expr(node, args))
         return exe
-
-    def _expr(self, node, args):
-        op, a = node.op, node.attrs
-        if op is Op.TEXT:
-            return SglConstantText(a["value"])
-        if op is Op.APPEND:
-            value = args[1]
-            if "format" in a or "conversion" in a:
-                conv = {"r": repr, "s": str, "a": ascii}.get(a.get("conversion"))
-                value = format(conv(value) if conv else value, a.get("format", ""))
-            return as_expr(value)
-        return {Op.ROLE_BEGIN: lambda: SglRoleBegin(a["role"]),
-                Op.ROLE_END: lambda: SglRoleEnd(a["role"]),
-                Op.SCOPE_BEGIN: lambda: SglVarScopeBegin(a["name"]),
-                Op.SCOPE_END: lambda: SglVarScopeEnd(a["name"])}[op]()
-
-    def _append_calls_model(self, node, args) -> bool:
-        return "format" not in node.attrs and "conversion" not in node.attrs and \
-            _has_model_call(as_expr(args[1]))
 
     @staticmethod
     def _join(exe: StreamExecutor, children: list, mode: str) -> None:
@@ -262,7 +240,7 @@ class GraphExecutor:
         inst = self.instances[i]
         plan = inst.plan
         if len(nodes) > 1 and nodes[0] in plan.segments:
-            return self._spawn(i, nodes, lambda: self._segment(inst, nodes))
+            return self._spawn(i, nodes, lambda: run_segment(self, inst, nodes))
         ins = [inst.values[plan.nodes[n].args[0]] for n in nodes]
         if len(nodes) > 1 and plan.nodes[nodes[0]].op is Op.GEN and self.batched_generate:
             return self._spawn(i, nodes, lambda: self._gen_many(plan, nodes, ins))
@@ -302,64 +280,6 @@ class GraphExecutor:
             exe._execute(SglConstantText(text))
             exe._set(node.attrs.get("name"), text, meta)
         return exe
-
-    def _usable(self, inst: Instance, segment: list) -> list:
-        """The part of a gen's segment that can run now: up to the last gen before the first
-        append of a value not known yet (or one holding a model call)."""
-        last_gen = 0
-        for k, n in enumerate(segment):
-            node = inst.plan.nodes[n]
-            if node.op is Op.APPEND and (node.args[1] not in inst.values or
-                                         self._append_calls_model(node, [None, inst.values[
-                                             node.args[1]]])):
-                break
-            if node.op is Op.GEN:
-                last_gen = k + 1
-        return segment[:last_gen]
-
-    def _segment(self, inst: Instance, nodes: list) -> list:
-        """Run a gen and the constant ops and gens after it (`Plan.segments`) as one engine
-        request that continues in place; returns the nodes' states in order. The text between
-        gens is predicted on a scratch state and checked against the real one: from a gen whose
-        prompt would differ (or whose parameters a segment cannot carry) on, the rest is
-        left to run node by node, so the values returned may be a prefix of `nodes`."""
-        plan = inst.plan
-        start = inst.values[plan.nodes[nodes[0]].args[0]]
-        scratch, steps = clone(start), []
-        for n in nodes:
-            node = plan.nodes[n]
-            if node.op is Op.GEN:
-                params = self._params(plan, n, scratch)
-                if params.n not in (None, 1) or params.to_request()[1]:
-                    break  # n > 1 or logprobs: not in a segment
-                steps.append(("gen", params))
-                scratch._set(node.attrs.get("name"), "", {})
-            else:
-                before = len(scratch.text_)
-                scratch._execute(self._expr(node, [scratch] + [inst.values[a]
-                                                                for a in node.args[1:]]))
-                steps.append(("text", scratch.text_[before:]))
-        if sum(kind == "gen" for kind, _ in steps) < 2 or not start.text_:
-            return [self._call(inst, nodes[0], [start])]
-        outs = iter(self.backend.generate_program(start.text_, steps))
-        values, exe, expected = [], start, start.text_
-        for n, (kind, value) in zip(nodes, steps):
-            node = plan.nodes[n]
-            exe = clone(exe)
-            if kind == "gen":
-                if exe.text_ != expected:
-                    logger.debug("segment at %%%s: predicted prompt differs; going on node by "
-                                 "node", n)
-                    break
-                text, meta = next(outs)
-                exe._execute(SglConstantText(text))
-                exe._set(node.attrs.get("name"), text, meta)
-                expected += text
-            else:
-                exe._execute(self._expr(node, [exe] + [inst.values[a] for a in node.args[1:]]))
-                expected += value
-            values.append(exe)
-        return values
 
     def _params(self, plan: Plan, n, exe: StreamExecutor) -> SglSamplingParams:
         params = exe.resolve_sampling_params(plan.params[n])

@@ -9,7 +9,18 @@ from collections import defaultdict
 
 from ..ir.ops import GEN_PARAMS, Op
 from ..lang.interpreter import StreamExecutor
-from ..lang.primitives import ProgramError, SglGen, SglSamplingParams, SglSelect
+from ..lang.primitives import (
+    ProgramError,
+    SglConstantText,
+    SglGen,
+    SglRoleBegin,
+    SglRoleEnd,
+    SglSamplingParams,
+    SglSelect,
+    SglVarScopeBegin,
+    SglVarScopeEnd,
+    as_expr,
+)
 from ..lang.state import ProgramState
 
 ATTR_TO_FIELD = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
@@ -57,6 +68,29 @@ def clone(exe: StreamExecutor) -> StreamExecutor:
 
 def _has_model_call(expr) -> bool:
     return any(isinstance(x, (SglGen, SglSelect)) for x in expr.flatten())
+
+
+def appends_model_call(node, value) -> bool:
+    """Whether an `append` node of `value` runs a gen or select (a value it formats never)."""
+    return "format" not in node.attrs and "conversion" not in node.attrs and \
+        _has_model_call(as_expr(value))
+
+
+def node_expr(node, args):
+    """The language expression a text, append, role or scope node applies to its state."""
+    op, a = node.op, node.attrs
+    if op is Op.TEXT:
+        return SglConstantText(a["value"])
+    if op is Op.APPEND:
+        value = args[1]
+        if "format" in a or "conversion" in a:
+            conv = {"r": repr, "s": str, "a": ascii}.get(a.get("conversion"))
+            value = format(conv(value) if conv else value, a.get("format", ""))
+        return as_expr(value)
+    return {Op.ROLE_BEGIN: lambda: SglRoleBegin(a["role"]),
+            Op.ROLE_END: lambda: SglRoleEnd(a["role"]),
+            Op.SCOPE_BEGIN: lambda: SglVarScopeBegin(a["name"]),
+            Op.SCOPE_END: lambda: SglVarScopeEnd(a["name"])}[op]()
 
 
 class Plan:

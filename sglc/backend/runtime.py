@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 
 from sglc_runtime.engine import Engine
+from sglc_runtime.jump_forward import common_prefix_len
 
 from ..lang.chat_template import ChatTemplate, get_chat_template, template_for_model
 from ..lang.choices import ChoicesDecision, ChoicesSamplingMethod
@@ -16,14 +17,6 @@ from ..lang.primitives import ProgramError, SglSamplingParams
 from ..lang.backend import BaseBackend
 
 logger = logging.getLogger(__name__)
-
-
-def _common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class RuntimeBackend(BaseBackend):
@@ -160,7 +153,7 @@ class RuntimeBackend(BaseBackend):
             # no context: condition every choice on BOS so its first token is scored too
             prefix_ids = [tok.bos_token_id]
             full_ids = [prefix_ids + ids for ids in full_ids]
-        starts = [min(_common_prefix_len(prefix_ids, ids), len(ids) - 1) for ids in full_ids]
+        starts = [min(common_prefix_len(prefix_ids, ids), len(ids) - 1) for ids in full_ids]
         if len(choices) > 1 and len(prefix_ids) > 1:
             # compute the shared context once; the choice requests then hit the prefix cache
             self.engine.generate(input_ids=prefix_ids, sampling_params={"max_new_tokens": 0})

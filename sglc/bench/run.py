@@ -10,6 +10,7 @@ shared with any earlier request or output, computed offline from the eager run's
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -162,13 +163,9 @@ def worker(system: str, args) -> dict:
 def _available(system: str, args) -> str | None:
     """Why a system cannot run here (None if it can)."""
     if system == "hf":
-        import importlib.util
-
         missing = [m for m in ("transformers", "accelerate") if importlib.util.find_spec(m) is None]
         return f"pip install {' '.join(missing)}" if missing else None
     if system == "llama_cpp_python":
-        import importlib.util
-
         return None if importlib.util.find_spec("llama_cpp") else (
             "pip install llama-cpp-python (builds llama.cpp; see benchmarks/README.md)")
     if system == "llama_server" and not args.llama_server:

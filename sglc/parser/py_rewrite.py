@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 
-from ..ir.ops import Op
 from .builder import Const, GroupRef, StateRef
 from .fold import literal_code
 
