@@ -3,9 +3,14 @@ the default engine against float32 HF transformers on the same GGUF, and decode 
 with attention scores and the LM head's top logits in float32 (the default) and without each.
 
 Configurations, each in its own process (interleaved, best of --repeats):
-  default            attention scores in float32, each row's top-16 logits recomputed in float32
+  default            attention as picked for this CPU (float32 scores in both implementations;
+                     under sdpa, prefill attention in float32), each row's top-16 logits
+                     recomputed in float32
+  sdpa / matmul      --attention-backend sdpa (torch's fused flash kernel) / matmul (`attend`)
+  bf16_prefill       sdpa with prefill attention in bfloat16 (attention.PREFILL_IN_FLOAT32 = False)
   bf16_logits        --disable-fp32-logits (the LM head's bfloat16 logits only)
-  bf16_scores        attention scores rounded to bfloat16 (attention.SCORES_IN_FLOAT32 = False)
+  bf16_scores        matmul attention with scores rounded to bfloat16
+                     (attention.SCORES_IN_FLOAT32 = False)
   bf16_both          both off (the engine before issue 13)
 Agreement: per chat question, greedy tokens equal float32 HF's up to the first position where
 float32 HF's own top-2 logit gap is below 0.05 (a near-tie), and over all 24 tokens.
@@ -24,13 +29,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, bar_plot, save
 
-CONFIGS = ("default", "bf16_logits", "bf16_scores", "bf16_both")
+CONFIGS = ("default", "sdpa", "bf16_prefill", "matmul", "bf16_logits", "bf16_scores",
+           "bf16_both")
 QUESTIONS = ["What is the capital of France?", "What is 2 + 3?", "Name a primary color.",
              "Who wrote Hamlet?", "What is the largest ocean on Earth?",
              "How many legs does a spider have?", "What gas do plants breathe in?",
              "Translate 'thank you' into Spanish.", "Name one planet in the solar system.",
              "What is the opposite of hot?", "Which animal is known as the king of the jungle?",
-             "What is the boiling point of water in Celsius?"]
+             "What is the boiling point of water in Celsius?",
+             "What color is the sky on a clear day?", "How many days are in a week?",
+             "What is the freezing point of water in Fahrenheit?", "Who painted the Mona Lisa?",
+             "What is the square root of 16?", "Name a fruit that is yellow.",
+             "What is the chemical symbol for gold?", "How many continents are there?",
+             "What language is spoken in Brazil?", "What is the tallest mountain in the world?",
+             "Who was the first president of the United States?", "What do bees make?",
+             "What is the capital of Japan?", "How many hours are in a day?",
+             "What is 10 times 10?", "Name a mammal that can fly.",
+             "What is the largest planet in our solar system?", "What is H2O commonly called?",
+             "Which season comes after winter?", "What instrument has 88 keys?",
+             "What is the main ingredient in guacamole?", "How many sides does a triangle have?",
+             "What is the capital of Italy?", "Who discovered penicillin?",
+             "What is the fastest land animal?", "Write a haiku about rain.",
+             "Give me a synonym for happy.", "What is the currency of the United Kingdom?"]
 NEAR_TIE = 0.05
 
 
@@ -39,9 +59,13 @@ def child(config: str, new: int) -> dict:
     import sglc_runtime.attention as attention
     from sglc_runtime.engine import Engine
 
-    attention.SCORES_IN_FLOAT32 = config in ("default", "bf16_logits")
-    eng = Engine(engine_in_process=True,
+    attention.SCORES_IN_FLOAT32 = config not in ("bf16_scores", "bf16_both")
+    attention.PREFILL_IN_FLOAT32 = config != "bf16_prefill"
+    backend = {"sdpa": "sdpa", "bf16_prefill": "sdpa", "bf16_scores": "matmul",
+               "bf16_both": "matmul", "matmul": "matmul"}.get(config, "auto")
+    eng = Engine(engine_in_process=True, attention_backend=backend,
                  disable_fp32_logits=config in ("bf16_logits", "bf16_both"))
+    attention_used = eng.core.runner.attention
     tok = eng.tokenizer
     answers = []
     for q in QUESTIONS:
@@ -67,7 +91,7 @@ def child(config: str, new: int) -> dict:
         best = min(best, time.perf_counter() - t)
     speed["prefill_512_tok_s"] = 512 / best
     eng.shutdown()
-    return {"answers": answers, "speed": speed}
+    return {"answers": answers, "speed": speed, "attention": attention_used}
 
 
 def reference(new: int) -> list[tuple[list[int], list[float]]]:
@@ -132,7 +156,8 @@ def main() -> None:
     results = {}
     for c, rs in runs.items():
         speed = {k: max(r["speed"][k] for r in rs) for k in rs[0]["speed"]}
-        results[c] = {"speed": speed, **agreement(rs[0]["answers"], ref)}
+        results[c] = {"speed": speed, "attention": rs[0]["attention"],
+                      **agreement(rs[0]["answers"], ref)}
         print(f"{c:12s} agree {results[c]['agree_until_near_tie']}/{len(QUESTIONS)} "
               f"identical {results[c]['identical']}  " +
               "  ".join(f"{k} {v:.1f}" for k, v in speed.items()), flush=True)
@@ -143,7 +168,7 @@ def main() -> None:
                                            "near_tie": NEAR_TIE, "repeats": args.repeats},
                               "results": results})
     bar_plot(RESULTS / "precision.png", "bfloat16 engine: precision vs cost",
-             {"chat answers = float32 HF (of 12)": {c: results[c]["agree_until_near_tie"]
+             {f"chat answers = float32 HF (of {len(QUESTIONS)})": {c: results[c]["agree_until_near_tie"]
                                                     for c in CONFIGS},
               "decode tok/s, batch 32": {c: results[c]["speed"]["decode_b32_tok_s"]
                                          for c in CONFIGS},

@@ -20,8 +20,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--disable-regex-jump-forward", action="store_true")
     g.add_argument("--disable-cascade-attention", action="store_true",
                    help="attend a batch's shared cached prefix per request, not once")
-    g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"],
-                   help="decode attention: triton reads the KV pool in place (CUDA)")
+    g.add_argument("--attention-backend", default="auto",
+                   choices=["auto", "torch", "sdpa", "matmul", "triton"],
+                   help="sdpa: torch's fused kernels; matmul: batched matmuls (16-bit, CPU); "
+                        "triton: decode reads the KV pool in place (CUDA); auto: triton on "
+                        "CUDA, the faster of sdpa/matmul measured at start on the CPU")
     g.add_argument("--disable-cuda-graph", action="store_true",
                    help="on CUDA, run decode steps eagerly instead of replaying graphs")
     g.add_argument("--cuda-graph-max-bs", type=int, default=160)

@@ -1,5 +1,11 @@
 """Attention over the paged KV pool, in plain PyTorch (the reference and the CPU path).
 
+Two implementations of the same math on the CPU for 16-bit floats, picked per machine
+(`fastest_cpu_attention`, or --attention-backend sdpa|matmul): "sdpa", torch's fused flash
+kernel (fast where oneDNN's brgemm has AMX), and "matmul", `attend`'s two batched matmuls with a
+float32 softmax (fast on AVX-512-bf16 CPUs without AMX). float32 and CUDA always use SDPA
+(decode on CUDA through the Triton kernel when the backend is "triton").
+
 Three shapes of work:
 - decode: one query per request, over 0-padded, masked key lists (one batched call);
 - extend: causal attention per request over its cached prefix plus its new tokens;
@@ -11,6 +17,10 @@ Three shapes of work:
 
 from __future__ import annotations
 
+import functools
+import logging
+import time
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -18,18 +28,57 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .forward_batch import ForwardBatch
 from .kv_pool import TokenToKVPool
 
+logger = logging.getLogger(__name__)
+
 _CHUNK_ELEMS = 1 << 23  # score-matrix elements computed at once by `attend`
 # On CUDA, SDPA's cuDNN backend re-plans for every new sequence length (measured ~1.4 ms of
 # CPU per call on an H100, 30x the kernel time); the flash / memory-efficient kernels do not.
 _CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def use_sdpa(q: torch.Tensor) -> bool:
-    """SDPA for float32 and on CUDA; `attend` (matmul, float32 softmax) for 16-bit floats on the
-    CPU, where SDPA's flash kernel is slow: measured on an AVX-512-bf16 CPU, bf16, 64 decode rows
-    over 80 keys 2.2 ms vs 0.60 ms, a 512-token causal prefill 4.1 ms vs 2.8 ms; in float32
-    SDPA is faster (`python benchmarks/bench_cpu_ops.py`, cpu_ops.json)."""
-    return q.is_cuda or q.dtype == torch.float32
+def use_sdpa(q: torch.Tensor, impl: str) -> bool:
+    """SDPA for float32, on CUDA and where `impl` is "sdpa"; `attend` (matmul, float32 softmax)
+    for 16-bit floats on the CPU under "matmul". Which is faster depends on the CPU: on an
+    AVX-512-bf16 Zen 5, bf16, 64 decode rows over 80 keys took 2.2 ms in SDPA vs 0.60 ms in
+    `attend`; on an AMX Sapphire Rapids 0.52 ms vs 1.1 ms, and a 1024-token causal prefill
+    3.4 ms vs 33 ms (`python benchmarks/bench_cpu_ops.py`, cpu_ops.json)."""
+    return q.is_cuda or q.dtype == torch.float32 or impl != "matmul"
+
+
+@functools.cache
+def fastest_cpu_attention(dtype: torch.dtype) -> str:
+    """"sdpa" or "matmul": whichever runs a 16-row decode over 256 keys plus a 256-token causal
+    prefill faster on this CPU in `dtype` (timed once per process, ~0.1 s; the two differ by
+    2-10x either way, so the pick is stable). float32 always gets "sdpa"."""
+    if dtype == torch.float32:
+        return "sdpa"
+    gen = torch.Generator().manual_seed(0)
+    nq, nkv, hd, L = 9, 3, 64, 256
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(dtype)
+
+    dq, pq, k, v = rand(16, 1, nq, hd), rand(1, L, nq, hd), rand(16, L, nkv, hd), rand(1, L, nkv, hd)
+    causal = torch.ones(L, L, dtype=torch.bool).tril()[None]
+    runs = {
+        "sdpa": lambda: (_attend_flash(dq, k, k, 0.125, None, False),
+                         _attend_flash(pq, v, v, 0.125, causal, False)),
+        "matmul": lambda: (_attend_matmul(dq, k, k, 0.125, None, False),
+                           _attend_matmul(pq, v, v, 0.125, causal, False)),
+    }
+    best = {}
+    for name, run in runs.items():
+        run()  # warm up
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+        best[name] = min(times)
+    pick = min(best, key=best.get)
+    logger.info("CPU attention in %s: %s (sdpa %.2f ms, matmul %.2f ms)", dtype, pick,
+                best["sdpa"] * 1e3, best["matmul"] * 1e3)
+    return pick
 
 
 # a single decode row over at most this many keys runs SDPA's kernel in any dtype (measured
@@ -69,6 +118,14 @@ def gather(buf: torch.Tensor, idx) -> torch.Tensor:
     return rows.view(*idx.shape, *buf.shape[1:])
 
 
+
+# Under "sdpa" on the CPU, prefill (extend) attention of 16-bit models runs in float32: with
+# 16-bit probabilities meeting the values, greedy chat answers followed float32 HF on 34 of 40
+# questions (either implementation), in float32 on 39 of 40; a 1024-token causal prefill costs
+# 11.5 ms instead of 3.6 ms in bf16 (still 3x faster than `attend`'s 33 ms on an AMX CPU).
+# Decode batches stay in the model's dtype (bench_precision.py measures both).
+PREFILL_IN_FLOAT32 = True
+
 # Scores in float32 even for 16-bit q and k: rounded to 16 bits (8 significant bits: +-0.06 at
 # a score of 16) they moved greedy choices away from float32's (bench_precision.py measures
 # both; False is the ablation)
@@ -76,16 +133,54 @@ SCORES_IN_FLOAT32 = True
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, scale: float,
-           mask: torch.Tensor | None = None,
-           need_lse: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+           mask: torch.Tensor | None = None, need_lse: bool = True,
+           impl: str = "matmul") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Grouped-query attention that also returns the log-sum-exp of the scores.
 
     q: (B, Tq, n_q, hd); keys, vals: (B, L, n_kv, hd); mask: (B, Tq, L) bool, True = visible
     (every query must see at least one key). Returns out (B, Tq, n_q, hd) in q's dtype and
     lse (B, Tq, n_q) in float32 (None unless `need_lse`). Scores, softmax and log-sum-exp are
-    float32 (as in SDPA's fused CPU kernel, which accumulates in float32); the probabilities
-    meet the values in q's dtype, as in HF's eager attention.
+    float32 in both implementations; the probabilities meet the values in q's dtype, as in HF's
+    eager attention. `impl` "sdpa" runs torch's fused CPU flash kernel (CPU tensors only).
     """
+    if impl == "sdpa" and not q.is_cuda:
+        return _attend_flash(q, keys, vals, scale, mask, need_lse)
+    return _attend_matmul(q, keys, vals, scale, mask, need_lse)
+
+
+def _grouped(q: torch.Tensor, nkv: int) -> torch.Tensor:
+    """(B, Tq, n_q, hd) -> (B, n_kv, Tq * g, hd): each KV head's g query heads as extra rows."""
+    B, Tq, nq, hd = q.shape
+    g = nq // nkv
+    return q.reshape(B, Tq, nkv, g, hd).permute(0, 2, 1, 3, 4).reshape(B, nkv, Tq * g, hd)
+
+
+def _ungrouped(x: torch.Tensor, Tq: int, nq: int) -> torch.Tensor:
+    """(B, n_kv, Tq * g, ...) -> (B, Tq, n_q, ...), the inverse of `_grouped`."""
+    B, nkv = x.shape[:2]
+    rest = x.shape[3:]
+    x = x.view(B, nkv, Tq, nq // nkv, *rest).transpose(1, 2)
+    return x.reshape(B, Tq, nq, *rest)
+
+
+def _attend_flash(q, keys, vals, scale, mask, need_lse):
+    """`attend` through aten's CPU flash kernel, which also returns the log-sum-exp; grouped
+    query heads ride as extra query rows of their KV head (no K/V repeat)."""
+    B, Tq, nq, hd = q.shape
+    L, nkv = keys.shape[1], keys.shape[2]
+    g = nq // nkv
+    bias = None
+    if mask is not None:  # the kernel takes an additive mask in q's dtype
+        visible = mask[:, :, None, :].expand(B, Tq, g, L).reshape(B, 1, Tq * g, L)
+        bias = torch.zeros(visible.shape, dtype=q.dtype).masked_fill_(~visible, float("-inf"))
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        _grouped(q, nkv), keys.transpose(1, 2), vals.transpose(1, 2), 0.0, False,
+        attn_mask=bias, scale=scale)[:2]
+    return _ungrouped(out, Tq, nq), _ungrouped(lse, Tq, nq) if need_lse else None
+
+
+def _attend_matmul(q, keys, vals, scale, mask, need_lse):
+    """`attend` as two batched matmuls around a float32 softmax, in chunks of queries."""
     B, Tq, nq, hd = q.shape
     L, nkv = keys.shape[1], keys.shape[2]
     g = nq // nkv
@@ -117,12 +212,12 @@ def attend(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, scale: float
 def _decode(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
     """One query per request (q: (b, n_q, hd)) over 0-padded, masked key lists."""
     idx = fb.padded_kv_indices  # (b, L)
-    if fb.triton_decode:  # reads the pool in place instead of gathering K/V
+    if fb.attention == "triton":  # reads the pool in place instead of gathering K/V
         from .kernels.decode_attention import decode_attention
 
         return decode_attention(q, kbuf, vbuf, idx, fb.kv_lens, scale)
     one_short_row = q.shape[0] == 1 and idx.shape[1] <= _SDPA_ONE_ROW_MAX_KEYS
-    if not use_sdpa(q) and not one_short_row:
+    if not use_sdpa(q, fb.attention) and not one_short_row:
         mask = None if fb.kv_mask is None else fb.kv_mask[:, 0]  # (b, 1, L)
         out, _ = attend(q.unsqueeze(1), gather(kbuf, idx), gather(vbuf, idx), scale, mask,
                         need_lse=False)
@@ -145,16 +240,22 @@ def _extend(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
     for i, (prefix, ext, idx) in enumerate(zip(fb.prefix_lens, fb.extend_lens, fb.kv_indices)):
         if fb.in_padded is None or not fb.in_padded[i]:
             out[start:start + ext] = _causal(q[start:start + ext], gather(kbuf, idx),
-                                             gather(vbuf, idx), prefix, scale)
+                                             gather(vbuf, idx), prefix, scale, fb.attention)
         start += ext
     return out
 
 
-def _causal(q, keys, vals, prefix: int, scale: float) -> torch.Tensor:
+def _prefill_in_float32(q: torch.Tensor, impl: str) -> bool:
+    return PREFILL_IN_FLOAT32 and impl == "sdpa" and not q.is_cuda and q.dtype != torch.float32
+
+
+def _causal(q, keys, vals, prefix: int, scale: float, impl: str) -> torch.Tensor:
     """One request's new tokens q: (ext, n_q, hd) over its keys and values
     (prefix + ext, n_kv, hd): query i (absolute position prefix+i) sees keys 0..prefix+i."""
+    if _prefill_in_float32(q, impl):
+        return _causal(q.float(), keys.float(), vals.float(), prefix, scale, impl).to(q.dtype)
     ext = q.shape[0]
-    sdpa = use_sdpa(q)
+    sdpa = use_sdpa(q, impl)
     mask = None if sdpa and prefix == 0 else \
         torch.ones(ext, prefix + ext, dtype=torch.bool, device=q.device).tril(prefix)
     if not sdpa:
@@ -170,22 +271,30 @@ def _causal(q, keys, vals, prefix: int, scale: float) -> torch.Tensor:
 def _cascade(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
     """Shared prefix (fb.shared_kv) once for all T queries, then each request's own keys
     (positions shared_len.. of its sequence), merged by log-sum-exp."""
-    o_sh, lse_sh = attend(q.unsqueeze(0), gather(kbuf, fb.shared_kv).unsqueeze(0),
-                          gather(vbuf, fb.shared_kv).unsqueeze(0), scale)
+    impl, dtype = fb.attention, q.dtype
+    if not fb.is_decode and _prefill_in_float32(q, impl):
+        q = q.float()
+
+    def kv(buf, idx):  # K or V in q's dtype
+        return gather(buf, idx).to(q.dtype)
+
+    o_sh, lse_sh = attend(q.unsqueeze(0), kv(kbuf, fb.shared_kv).unsqueeze(0),
+                          kv(vbuf, fb.shared_kv).unsqueeze(0), scale, impl=impl)
     o_sh, lse_sh = o_sh[0], lse_sh[0]  # (T, n_q, hd), (T, n_q)
     o_own, lse_own = torch.empty_like(q), torch.empty_like(lse_sh)
     if fb.padded_kv_indices is not None:  # the one-token requests, in one padded call
         rows = fb.padded_rows if fb.padded_rows is not None else slice(None)
         idx = fb.padded_kv_indices  # (b, L_own)
         mask = None if fb.kv_mask is None else fb.kv_mask[:, 0]
-        o, lse = attend(q[rows].unsqueeze(1), gather(kbuf, idx), gather(vbuf, idx), scale, mask)
+        o, lse = attend(q[rows].unsqueeze(1), kv(kbuf, idx), kv(vbuf, idx), scale, mask,
+                        impl=impl)
         o_own[rows], lse_own[rows] = o[:, 0], lse[:, 0]
     if fb.ext_q_rows is not None:  # the extending requests, padded into one call
         idx = fb.ext_kv
-        o, lse = attend(q[fb.ext_q_rows], gather(kbuf, idx), gather(vbuf, idx), scale,
-                        fb.ext_mask)
+        o, lse = attend(q[fb.ext_q_rows], kv(kbuf, idx), kv(vbuf, idx), scale,
+                        fb.ext_mask, impl=impl)
         rows = fb.ext_q_rows[fb.ext_valid]
         o_own[rows], lse_own[rows] = o[fb.ext_valid], lse[fb.ext_valid]
     lse = torch.logaddexp(lse_sh, lse_own)  # float32
     return (o_sh * (lse_sh - lse).exp().unsqueeze(-1)
-            + o_own * (lse_own - lse).exp().unsqueeze(-1)).to(q.dtype)
+            + o_own * (lse_own - lse).exp().unsqueeze(-1)).to(dtype)

@@ -8,6 +8,8 @@ import torch
 
 from .errors import InvalidRequestError
 
+ATTENTION_BACKENDS = ("auto", "torch", "sdpa", "matmul", "triton")
+
 
 @dataclass
 class ModelConfig:
@@ -76,8 +78,10 @@ class EngineConfig:
     schedule_policy: str = "lpm"
     disable_regex_jump_forward: bool = False
     disable_cascade_attention: bool = False  # attend a batch's shared prefix once (attention.py)
-    # decode attention: "triton" reads the KV pool in place (CUDA), "torch" gathers it;
-    # "auto" picks triton on CUDA when the package is there
+    # attention (attention.py): "sdpa" torch's fused kernels; "matmul" `attend` for 16-bit
+    # floats on the CPU; "triton" decode reads the KV pool in place (CUDA); "torch" = SDPA on
+    # CUDA, the CPU's faster of sdpa/matmul; "auto" = triton on CUDA when the package is
+    # there, else as "torch" (on the CPU the runner times both once: fastest_cpu_attention)
     attention_backend: str = "auto"
     disable_cuda_graph: bool = False  # on CUDA, replay decode steps as graphs (cuda_graph.py)
     cuda_graph_max_bs: int = 160  # larger decode batches run eagerly
@@ -106,16 +110,16 @@ class EngineConfig:
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.dtype = parse_dtype(self.dtype)
-        if self.attention_backend not in ("auto", "torch", "triton"):
-            raise InvalidRequestError(f"attention_backend must be auto, torch or triton, got "
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise InvalidRequestError(f"attention_backend must be one of "
+                                      f"{', '.join(ATTENTION_BACKENDS)}, got "
                                       f"{self.attention_backend!r}")
-        if self.attention_backend == "auto":
-            self.attention_backend = "torch"
-            if self.device == "cuda":
-                from .kernels.decode_attention import triton_available
+        if self.attention_backend == "torch":  # PyTorch only: SDPA on CUDA, measured on CPU
+            self.attention_backend = "sdpa" if self.device == "cuda" else "auto"
+        if self.attention_backend == "auto" and self.device == "cuda":
+            from .kernels.decode_attention import triton_available
 
-                if triton_available():
-                    self.attention_backend = "triton"
+            self.attention_backend = "triton" if triton_available() else "sdpa"
         if self.attention_backend == "triton" and self.device != "cuda":
             raise InvalidRequestError("attention_backend='triton' needs device='cuda'")
         if self.quantization in ("none", ""):

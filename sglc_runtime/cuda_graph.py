@@ -24,7 +24,7 @@ class CudaGraphRunner:
     """`can_run(fb)` says whether a batch fits; `run(fb)` returns its logits (b, vocab)."""
 
     def __init__(self, model, pool, max_batch: int, max_len: int, device: str,
-                 triton_decode: bool = False):
+                 attention: str = "sdpa"):
         self.model, self.pool = model, pool
         self.max_batch = max(b for b in BATCH_BUCKETS if b <= max(1, max_batch))
         self.max_len = -(-max_len // LEN_STEP) * LEN_STEP
@@ -35,7 +35,7 @@ class CudaGraphRunner:
         self.kv_indices = torch.zeros(n, L, dtype=torch.int64, device=device)
         self.kv_mask = torch.zeros(n, 1, 1, L, dtype=torch.bool, device=device)
         self.kv_lens = torch.ones(n, dtype=torch.int64, device=device)
-        self.triton_decode = triton_decode
+        self.attention = attention
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool_handle = None
 
@@ -72,7 +72,7 @@ class CudaGraphRunner:
                             self.out_cache_loc[:bs], [0] * bs, [1] * bs, [],
                             padded_kv_indices=self.kv_indices[:bs, :L],
                             kv_mask=self.kv_mask[:bs, :, :, :L], kv_lens=self.kv_lens[:bs],
-                            triton_decode=self.triton_decode)
+                            attention=self.attention)
 
     def _capture(self, bs: int, L: int):
         fb = self._static_batch(bs, L)

@@ -36,7 +36,9 @@ class ForwardBatch:
     padded_kv_indices: torch.Tensor | None = None  # (b, max_len) their slots, 0-padded
     kv_mask: torch.Tensor | None = None  # (b, 1, 1, max_len) True where valid; None: all
     kv_lens: torch.Tensor | None = None  # (b,) valid entries per row of padded_kv_indices
-    triton_decode: bool = False  # the padded call runs the Triton kernel (kernels/)
+    # "sdpa" | "matmul" | "triton": how attention.py computes it (see there); "triton" runs the
+    # padded decode call through the Triton kernel (kernels/)
+    attention: str = "sdpa"
     padded_rows: torch.Tensor | None = None  # extend batch: their flat rows (None: all rows)
     in_padded: list[bool] | None = None  # extend batch: per request, attended in the padded call
     shared_len: int = 0  # S: positions 0..S-1 of every request share these KV slots
@@ -81,7 +83,7 @@ def _pad_cascade_extends(fb: ForwardBatch, offsets: list[int], device) -> None:
 
 def build_forward_batch(table: torch.Tensor, is_decode: bool, reqs, extend_lens: list[int],
                         out_cache_loc: torch.Tensor, device, cascade: bool = True,
-                        triton_decode: bool = False) -> ForwardBatch:
+                        attention: str = "sdpa") -> ForwardBatch:
     """Write the new tokens' slots into `table` (req_to_token) and lay the batch out flat.
 
     `reqs` need `row` (their table row), `kv_len` (positions already in the KV pool) and
@@ -102,7 +104,7 @@ def build_forward_batch(table: torch.Tensor, is_decode: bool, reqs, extend_lens:
                                        zip(reqs, extend_lens, prefix_lens)]
     fb = ForwardBatch(is_decode, torch.tensor(ids, device=device),
                       torch.tensor(pos, device=device), out_cache_loc.to(device), prefix_lens,
-                      list(extend_lens), kv_indices, triton_decode=triton_decode)
+                      list(extend_lens), kv_indices, attention=attention)
     if S:
         fb.shared_len, fb.shared_kv = S, table[reqs[0].row, :S]
         first = int(fb.shared_kv[0])

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from .attention import fastest_cpu_attention
 from .config import EngineConfig, ModelConfig
 from .cuda_graph import CudaGraphRunner
 from .forward_batch import ForwardBatch, build_forward_batch
@@ -104,12 +105,14 @@ class ModelRunner:
         self.req_pool = ReqToTokenPool(cfg.max_running_requests + 1, self.context_length + 1,
                                        cfg.device)
         logger.info("KV pool: %d token slots (%.0f MB)", size, self._bytes_per_token() * size / 1e6)
-        self.triton_decode = cfg.attention_backend == "triton"
+        self.attention = cfg.attention_backend  # resolved: sdpa, matmul or triton
+        if self.attention == "auto":  # the CPU's faster implementation for the model's dtype
+            self.attention = fastest_cpu_attention(cfg.dtype)
         self.cuda_graphs = None
         if cfg.device == "cuda" and not cfg.disable_cuda_graph:
             self.cuda_graphs = CudaGraphRunner(self.model, self.kv_pool, cfg.cuda_graph_max_bs,
                                                self.context_length, cfg.device,
-                                               self.triton_decode)
+                                               self.attention)
 
     def _bytes_per_token(self) -> int:
         mc = self.model_config
@@ -134,4 +137,4 @@ class ModelRunner:
         return build_forward_batch(self.req_pool.req_to_token, is_decode, reqs, extend_lens,
                                    out_cache_loc, self.cfg.device,
                                    cascade=not self.cfg.disable_cascade_attention,
-                                   triton_decode=self.triton_decode)
+                                   attention=self.attention)

@@ -15,21 +15,25 @@ from sglc_runtime.kv_pool import TokenToKVPool
 N_Q, N_KV, HD = 6, 2, 16
 
 
-def test_attend_matches_sdpa_and_logsumexp():
+@pytest.mark.parametrize("impl", ["matmul", "sdpa"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attend_matches_sdpa_and_logsumexp(impl, dtype):
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 5, N_Q, HD, generator=g)
     k = torch.randn(2, 7, N_KV, HD, generator=g)
     v = torch.randn(2, 7, N_KV, HD, generator=g)
     mask = torch.rand(2, 5, 7, generator=g) > 0.4
     mask[..., 0] = True  # every query sees a key
-    out, lse = attend(q, k, v, 0.3, mask)
+    out, lse = attend(q.to(dtype), k.to(dtype), v.to(dtype), 0.3, mask, impl=impl)
+    assert out.dtype == dtype and lse.dtype == torch.float32
     ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                          attn_mask=mask[:, None], scale=0.3, enable_gqa=True)
-    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.float(), ref.transpose(1, 2), atol=tol, rtol=tol)
     kk = k.repeat_interleave(N_Q // N_KV, dim=2)  # (B, L, n_q, hd)
     scores = torch.einsum("bqhd,blhd->bhql", q, kk) * 0.3
     scores = scores.masked_fill(~mask[:, None], float("-inf"))
-    torch.testing.assert_close(lse, scores.logsumexp(-1).transpose(1, 2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, scores.logsumexp(-1).transpose(1, 2), atol=tol, rtol=tol)
 
 
 def test_attend_in_query_chunks_is_the_same(monkeypatch):
@@ -64,9 +68,10 @@ def _setup(contiguous_prefix: bool, seed: int):
     return pool, table, reqs, free
 
 
+@pytest.mark.parametrize("impl", ["matmul", "sdpa"])
 @pytest.mark.parametrize("contiguous_prefix", [True, False])
 @pytest.mark.parametrize("extend_lens", [[1, 1, 1, 1], [5, 1, 7, 1], [2, 3, 4, 9]])
-def test_cascade_equals_per_request_attention(contiguous_prefix, extend_lens):
+def test_cascade_equals_per_request_attention(contiguous_prefix, extend_lens, impl):
     pool, table, reqs, free = _setup(contiguous_prefix, seed=sum(extend_lens))
     T = sum(extend_lens)
     out_loc = torch.tensor(free[:T])
@@ -77,7 +82,7 @@ def test_cascade_equals_per_request_attention(contiguous_prefix, extend_lens):
     outs = []
     for cascade in (True, False):
         fb = build_forward_batch(table.clone(), is_decode, reqs, extend_lens, out_loc, "cpu",
-                                 cascade=cascade)
+                                 cascade=cascade, attention=impl)
         assert (fb.shared_len == MIN_SHARED_PREFIX + 9) == cascade
         if cascade:
             assert isinstance(fb.shared_kv, slice) == contiguous_prefix
@@ -122,22 +127,39 @@ def _batch_on_pool(dtype, extend_lens, prefix_lens, seed):
     ([1], [200]),  # one long decode row
     ([6, 1, 9], [0, 30, 12]),  # extend (causal, over cached prefixes) with a decode row
 ])
-def test_bfloat16_attention_matches_float32(extend_lens, prefix_lens, monkeypatch):
-    """bf16 on the CPU runs `attend` (matmul, float32 softmax) instead of SDPA: same result as
-    float32 SDPA to bf16 precision."""
+@pytest.mark.parametrize("impl", ["matmul", "sdpa"])
+def test_bfloat16_attention_matches_float32(extend_lens, prefix_lens, impl, monkeypatch):
+    """bf16 on the CPU under "matmul" runs `attend` (float32 softmax) instead of SDPA, under
+    "sdpa" torch's fused kernel: both give float32 SDPA's result to bf16 precision."""
     outs = {}
     for dtype in (torch.float32, torch.bfloat16):
         pool, fb, q, k, v = _batch_on_pool(dtype, extend_lens, prefix_lens, seed=len(prefix_lens))
         if dtype == torch.bfloat16:
-            monkeypatch.setattr(attention, "_sdpa", None)  # must not be reached in bf16
+            fb.attention = impl
+            if impl == "matmul":
+                monkeypatch.setattr(attention, "_sdpa", None)  # must not be reached
         outs[dtype] = paged_attention(0, q, k, v, fb, pool, HD ** -0.5)
     assert outs[torch.bfloat16].dtype == torch.bfloat16
     torch.testing.assert_close(outs[torch.bfloat16].float(), outs[torch.float32],
                                atol=3e-2, rtol=3e-2)
 
 
+def test_fastest_cpu_attention_picks_one_of_the_two():
+    assert attention.fastest_cpu_attention(torch.float32) == "sdpa"
+    assert attention.fastest_cpu_attention(torch.bfloat16) in ("sdpa", "matmul")
+
+
+def test_unknown_attention_backend_is_named():
+    from sglc_runtime.config import EngineConfig
+    from sglc_runtime.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="attention_backend must be one of.*'flash'"):
+        EngineConfig(attention_backend="flash")
+
+
 def test_one_short_decode_row_uses_sdpa_in_bfloat16(monkeypatch):
     pool, fb, q, k, v = _batch_on_pool(torch.bfloat16, [1], [20], seed=0)
+    fb.attention = "matmul"
     calls = []
     real = attention._sdpa
     monkeypatch.setattr(attention, "_sdpa", lambda *a, **kw: calls.append(1) or real(*a, **kw))

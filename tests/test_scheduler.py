@@ -43,7 +43,7 @@ class FakeRunner:
         self.batches.append((is_decode, list(extend_lens)))
         self.order += [r.rid for r in reqs if r.rid not in self.order]
         return build_forward_batch(self.req_pool.req_to_token, is_decode, reqs, extend_lens,
-                                   out_cache_loc, "cpu", cascade=False, triton_decode=False)
+                                   out_cache_loc, "cpu", cascade=False)
 
     def forward(self, fb, logit_rows):
         ids = fb.input_ids if logit_rows is None else fb.input_ids[logit_rows]
