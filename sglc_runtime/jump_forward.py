@@ -21,8 +21,9 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
 def jump_forward(req: Req, tok: Tokenizer, scheduler: Scheduler) -> bool:
     """Apply jump-forward to a running constrained request; return True if it jumped.
 
-    The FSM state depends only on the output bytes, so re-tokenizing (the forced text may merge
-    with the previous token) keeps it valid. K/V for the unchanged token prefix stays (in the
+    The forced text may merge with the previous token, so the output is re-tokenized; the
+    constraint follows (`retokenized`: a regex FSM's state depends on bytes only, a grammar
+    matcher rolls back and consumes the new tail). K/V for the unchanged token prefix stays (in the
     request or the radix cache); the changed tail becomes pending and is recomputed by an
     extend step before the next token is sampled.
     """
@@ -41,10 +42,13 @@ def jump_forward(req: Req, tok: Tokenizer, scheduler: Scheduler) -> bool:
     if len(new) > req.params.max_new_tokens or b"".join(tb[t] for t in new) != data:
         return False  # would overrun the budget, or text does not round-trip through tokens
     common = common_prefix_len(old, new)
+    state = fsm.retokenized(req.fsm_state, forced, old, new, common)
+    if state < 0:
+        return False  # the constraint does not take the re-tokenized output (left unchanged)
     # drop K/V of the changed tail while fill_ids still name the old tokens
     scheduler.truncate_kv(req, min(req.kv_len, len(req.input_ids) + common))
     req.output_ids = new
-    req.fsm_state = fsm.advance_bytes(req.fsm_state, forced)
+    req.fsm_state = state
     req.num_jump_forward_tokens += len(new) - common
     if req.token_counts is not None:
         req.token_counts.zero_()

@@ -43,7 +43,7 @@ class Req:
     num_cached: int = 0
     last_node: Any = None
     cached_tokens: int = 0  # prompt tokens served from the radix cache (reported)
-    constraint: Any = None  # TokenFSM or None
+    constraint: Any = None  # TokenFSM, GrammarConstraint (its own) or None
     fsm_state: int = 0
     finish_reason: dict | None = None
     error: BaseException | None = None

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field, fields
 
 from .errors import InvalidRequestError
 
+#: the sampling parameters that constrain the output; a request gives at most one
+CONSTRAINT_KEYS = ("regex", "json_schema", "dtype", "choices", "grammar", "ebnf")
+
 
 @dataclass
 class SamplingParams:
@@ -32,6 +35,8 @@ class SamplingParams:
     json_schema: str | None = None
     dtype: str | None = None
     choices: list[str] | None = None
+    grammar: str | None = None  # Lark or GBNF text (constrained/grammar.py, llguidance)
+    ebnf: str | None = None  # SGLang's name for a grammar: the same thing
     seed: int | None = None
     stop_regex: str | list[str] | None = None
     stop_strs: list[str] = field(default_factory=list, init=False, repr=False)
@@ -98,7 +103,7 @@ class SamplingParams:
         if self.stop_token_ids is not None and not all(
                 isinstance(t, int) for t in self.stop_token_ids):
             bad("stop_token_ids", "must be a list of integers")
-        given = [k for k in ("regex", "json_schema", "dtype", "choices") if getattr(self, k)]
+        given = [k for k in CONSTRAINT_KEYS if getattr(self, k)]
         if len(given) > 1:
             raise InvalidRequestError(f"give at most one constraint, got {', '.join(given)}")
 
@@ -108,7 +113,7 @@ class SamplingParams:
 
     @property
     def constraint(self) -> dict | None:
-        for k in ("regex", "json_schema", "dtype", "choices"):
+        for k in CONSTRAINT_KEYS:
             if getattr(self, k):
-                return {k: getattr(self, k)}
+                return {"grammar" if k == "ebnf" else k: getattr(self, k)}
         return None

@@ -164,7 +164,11 @@ def test_refused_completion_parameters_name_themselves(client, kwargs, param):
 
 @pytest.mark.parametrize("kwargs, param", [
     (dict(top_logprobs=2), "top_logprobs"),
-    (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]), "tools"),
+    (dict(tools=[{"type": "function", "function": {"parameters": {}}}]), "tools"),  # no name
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}],
+          tool_choice={"type": "function", "function": {"name": "g"}}), "tool_choice"),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}],
+          extra_body={"regex": "a"}), "tools"),
     (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {
         "url": "x"}}]}]), "messages"),
     (dict(extra_body={"echo": True}), "echo"),

@@ -3,7 +3,7 @@ OpenAI-compatible API (OpenAI itself, `sglc serve`, vLLM, ...) through the `open
 
 Chat models get the program's messages (a `gen` must open its assistant turn, or run under
 `num_api_spec_tokens`); completion models get its text. Parameters the API has go as they are;
-sglc's extensions (regex, dtype, json_schema, top_k, ...) go in `extra_body` when the server is
+sglc's extensions (regex, grammar, dtype, json_schema, top_k, ...) go in `extra_body` when the server is
 `sglc serve` (detected from /v1/models), a JSON schema goes as `response_format` to other chat
 servers, and anything a server cannot do raises `BackendError` naming the primitive and the
 backend: nothing is dropped. The API key (argument or `OPENAI_API_KEY`) is never logged."""
@@ -104,7 +104,8 @@ class OpenAI(BaseBackend):
                "repetition_penalty": params.repetition_penalty not in (None, 1.0),
                "ignore_eos": bool(params.ignore_eos),
                "min_tokens": params.min_new_tokens not in (None, 0),
-               "stop_token_ids": bool(params.stop_token_ids), "regex": params.regex is not None}
+               "stop_token_ids": bool(params.stop_token_ids), "regex": params.regex is not None,
+               "grammar": params.grammar is not None}
         for name, given in ext.items():
             if given:
                 if not self.extensions:

@@ -53,7 +53,7 @@ GEN_PARAMS = ("max_tokens", "min_tokens", "stop", "stop_token_ids", "stop_regex"
               "top_p",
               "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty",
               "ignore_eos", "return_logprob", "logprob_start_len", "top_logprobs_num", "dtype",
-              "regex", "json_schema")
+              "regex", "json_schema", "grammar")
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class SglSamplingParams:
     dtype: str | None = None
     regex: str | None = None
     json_schema: str | None = None
+    grammar: str | None = None  # Lark syntax, or GBNF/EBNF (llguidance; constrained/grammar.py)
 
     def __post_init__(self) -> None:
         """Type and range checks, so a wrong argument fails where the gen is written (and the
@@ -117,6 +118,19 @@ class SglSamplingParams:
                                    f"{type(schema).__name__}")
             if not isinstance(self.json_schema, str):
                 self.json_schema = json.dumps(self.json_schema)  # a dict schema is fine too
+        if self.grammar is not None:
+            from sglc_runtime.constrained.grammar import check_grammar
+            from sglc_runtime.errors import ConstraintError
+
+            try:
+                check_grammar(self.grammar)
+            except ConstraintError as e:
+                raise ProgramError(str(e)) from None
+        given = [k for k in ("dtype", "regex", "json_schema", "grammar")
+                 if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ProgramError(f"give at most one of dtype, regex, json_schema and grammar, got "
+                               f"{' and '.join(given)}")
 
     def merge(self, over: SglSamplingParams) -> SglSamplingParams:
         """These params with every field that `over` gives replaced by `over`'s value."""

@@ -125,6 +125,8 @@ class Speculation:
         for text, g, p in turn:
             if g is None:
                 parts.append(re.escape(text))
+            elif p.grammar is not None:
+                return None  # a context-free grammar is not a regex
             elif p.regex is not None:
                 parts.append(f"({p.regex})")
             elif _stops(p) and all(len(s) == 1 for s in _stops(p)):

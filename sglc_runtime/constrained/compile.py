@@ -66,17 +66,22 @@ def clear_memory_cache() -> None:
 
 
 def build_constraint(tokenizer, regex: str | None = None, json_schema=None, dtype=None,
-                     choices: list[str] | None = None) -> TokenFSM | None:
-    """The TokenFSM for whichever one constraint is given, or None if none is.
-
-    `choices` becomes an alternation of the escaped strings."""
+                     choices: list[str] | None = None, grammar: str | None = None):
+    """The constraint for whichever one is given, or None if none is: a shared TokenFSM for a
+    regex, JSON schema, dtype or choices (an alternation of the escaped strings); a fresh
+    GrammarConstraint (one request's own) for a context-free grammar."""
     given = {k: v for k, v in (("regex", regex), ("json_schema", json_schema),
-                               ("dtype", dtype), ("choices", choices)) if v is not None}
+                               ("dtype", dtype), ("choices", choices), ("grammar", grammar))
+             if v is not None}
     if not given:
         return None
     if len(given) > 1:
-        raise ConstraintError(f"give at most one of regex/json_schema/dtype/choices, got "
-                              f"{' and '.join(given)}")
+        raise ConstraintError(f"give at most one of regex/json_schema/dtype/choices/grammar, "
+                              f"got {' and '.join(given)}")
+    if grammar is not None:
+        from .grammar import compile_grammar
+
+        return compile_grammar(grammar, tokenizer)
     if json_schema is not None:
         regex = json_schema_to_regex(json_schema)
     elif dtype is not None:

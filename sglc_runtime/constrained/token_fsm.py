@@ -120,5 +120,12 @@ class TokenFSM:
                 return -1
         return state
 
+    def retokenized(self, state: int, forced: bytes, old: list[int], new: list[int],
+                    common: int) -> int:
+        """The state after jump-forward appended `forced` and re-tokenized the output from `old`
+        to `new`: a state depends on bytes only, so the tokens do not matter here (a grammar
+        matcher, which counts tokens, re-syncs with them: grammar.py)."""
+        return self.advance_bytes(state, forced)
+
     def _check(self, state: int) -> None:
         assert 0 <= state < self.num_states, f"FSM state {state} not in [0, {self.num_states})"

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine import Engine
 from ..errors import SglcError
+from .tools import parse_calls
 from .openai_protocol import (
     OpenAIRequest,
     ParamError,
@@ -261,6 +262,7 @@ def create_app(engine: Engine, model_name: str = "default", api_key: str | None 
         tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
         sent_lps = [0] * len(streams)
         finals: list[dict | None] = [None] * len(streams)
+        texts = [""] * len(streams)  # with tools: each choice's text so far
         open_streams = len(streams)
         try:
             if req.chat:  # the role comes first, in its own chunk per choice
@@ -289,7 +291,20 @@ def create_app(engine: Engine, model_name: str = "default", api_key: str | None 
                 done = "finish_reason" in meta
                 choice: dict = {"index": i, "finish_reason": finish_reason(meta) if done else None}
                 lp = None
-                if req.chat:
+                if req.chat and req.tools is not None:  # a call is known only at the end
+                    texts[i] += chunk["text"]
+                    choice["delta"] = {}
+                    if done:
+                        calls = parse_calls(texts[i], req.tools)
+                        choice["delta"] = {"content": texts[i]} if not calls else {
+                            "tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]}
+                        if calls:
+                            choice["finish_reason"] = "tool_calls"
+                    elif not entries:
+                        continue
+                    if req.top_logprobs is not None:
+                        lp = chat_logprobs(tok, entries, tops)
+                elif req.chat:
                     choice["delta"] = {"content": chunk["text"]}
                     if req.top_logprobs is not None:
                         lp = chat_logprobs(tok, entries, tops)

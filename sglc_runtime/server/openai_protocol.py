@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import InvalidRequestError
 from ..tokenizer import Tokenizer
+from .tools import Tools, call_text, parse_calls, parse_tools, tool_grammar, with_tools
 
 
 class ParamError(InvalidRequestError):
@@ -32,18 +33,19 @@ _SAMPLING = {
     "ignore_eos": "ignore_eos", "regex": "regex", "json_schema": "json_schema",
     "min_tokens": "min_new_tokens", "stop_token_ids": "stop_token_ids",
     "skip_special_tokens": "skip_special_tokens", "no_stop_trim": "no_stop_trim",
-    "stop_regex": "stop_regex",
+    "stop_regex": "stop_regex", "grammar": "grammar", "ebnf": "ebnf",
 }
 # `user` is an end-user id for the provider's abuse monitoring: accepted, it changes nothing.
 _COMMON = {"model", "stream", "stream_options", "user", "response_format", *_SAMPLING}
 _COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "logprobs", "best_of"}
-_CHAT_FIELDS = _COMMON | {"messages", "logprobs", "top_logprobs"}
+_CHAT_FIELDS = _COMMON | {"messages", "logprobs", "top_logprobs", "tools", "tool_choice",
+                          "parallel_tool_calls"}
 # OpenAI fields this server knows but cannot honour: a request that sets one gets a 400.
 _REFUSED = {
     "logit_bias": "logit_bias is not supported by this server",
-    "tools": "tool calls are not supported by this server yet",
-    "tool_choice": "tool calls are not supported by this server yet",
-    "parallel_tool_calls": "tool calls are not supported by this server yet",
+    "tools": "tools are taken by /v1/chat/completions, not /v1/completions",
+    "tool_choice": "tools are taken by /v1/chat/completions, not /v1/completions",
+    "parallel_tool_calls": "tools are taken by /v1/chat/completions, not /v1/completions",
     "functions": "function calls are not supported by this server",
     "function_call": "function calls are not supported by this server",
     "audio": "audio output is not supported (the model is text-only)",
@@ -52,7 +54,7 @@ _REFUSED = {
     "suffix": "suffix (insertion) is not supported: the model has no fill-in-the-middle mode",
 }
 _MAX_TOP_LOGPROBS = 20
-_ROLES = ("system", "developer", "user", "assistant")
+_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 @dataclass
@@ -70,6 +72,7 @@ class OpenAIRequest:
     echo: bool = False
     top_logprobs: int | None = None  # None: no logprobs; else this many alternatives per token
     echo_texts: list[str] = field(default_factory=list)
+    tools: Tools | None = None  # chat with tools: the answer may be a tool call (tools.py)
 
     def engine_args(self) -> dict:
         """Keyword arguments for `Engine.async_generate` (always a list of prompts)."""
@@ -88,7 +91,7 @@ class OpenAIRequest:
 
 def _check_fields(body: dict, allowed: set[str]) -> None:
     for k, v in body.items():
-        if k in _REFUSED:
+        if k in _REFUSED and k not in allowed:
             if v is None or v == "" or v == [] or (k == "tool_choice" and v == "none"):
                 continue  # not set
             raise ParamError(k, _REFUSED[k])
@@ -185,7 +188,7 @@ def parse_completion(body: dict, tok: Tokenizer) -> OpenAIRequest:
 def _message_text(i: int, m: Any) -> dict:
     if not isinstance(m, dict) or "role" not in m:
         raise ParamError("messages", f"messages[{i}] must be an object with a role")
-    extra = set(m) - {"role", "content", "name"}
+    extra = set(m) - {"role", "content", "name", "tool_calls", "tool_call_id"}
     if extra:
         raise ParamError("messages", f"messages[{i}]: unsupported field(s) "
                                      f"{', '.join(sorted(extra))}")
@@ -193,6 +196,11 @@ def _message_text(i: int, m: Any) -> dict:
         raise ParamError("messages", f"messages[{i}].role={m['role']!r}: must be one of "
                                      f"{', '.join(_ROLES)}")
     content = m.get("content")
+    if m.get("tool_calls"):  # an earlier call, shown to the model as it writes one
+        if m["role"] != "assistant" or not isinstance(m["tool_calls"], list):
+            raise ParamError("messages", f"messages[{i}]: tool_calls must be a list, on an "
+                                         f"assistant message")
+        content = ((content or "") + "\n" if content else "") + call_text(m["tool_calls"], i)
     if isinstance(content, list):
         parts = []
         for part in content:
@@ -216,6 +224,13 @@ def parse_chat(body: dict, tok: Tokenizer) -> OpenAIRequest:
     if not isinstance(msgs, list) or not msgs:
         raise ParamError("messages", "messages must be a non-empty list")
     messages = [_message_text(i, m) for i, m in enumerate(msgs)]
+    req.tools = parse_tools(body)
+    if req.tools is not None:
+        given = [k for k in ("regex", "json_schema", "grammar", "ebnf") if k in req.sampling]
+        if given:
+            raise ParamError("tools", f"tools decide the answer's shape; drop {given[0]}")
+        messages = with_tools(messages, req.tools)
+        req.sampling["grammar"] = tool_grammar(req.tools)
     req.prompts = [tok.apply_chat_template(messages, add_generation_prompt=True)]
     top = _int(body, "top_logprobs", 0, _MAX_TOP_LOGPROBS)
     if body.get("logprobs"):
@@ -293,6 +308,10 @@ def choice_body(req: OpenAIRequest, tok: Tokenizer, index: int, out: dict) -> di
     lp = None
     if req.chat:
         c["message"] = {"role": "assistant", "content": out["text"]}
+        calls = None if req.tools is None else parse_calls(out["text"], req.tools)
+        if calls:
+            c["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
+            c["finish_reason"] = "tool_calls"
         if req.top_logprobs is not None:
             lp = chat_logprobs(tok, meta["output_token_logprobs"],
                                meta.get("output_top_logprobs"))

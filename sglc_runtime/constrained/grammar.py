@@ -1,0 +1,180 @@
+"""Context-free grammars through llguidance (an Earley parser over a regex lexer, made for LLM
+decoding): Lark syntax, or GBNF / EBNF as llama.cpp and SGLang take them (converted to Lark by
+llguidance's own converter).
+
+`compile_grammar` checks a grammar once per (text, tokenizer) and caches a pristine matcher;
+errors name the grammar's line and column (ConstraintError), before any request runs.
+`GrammarConstraint` is one request's live matcher behind `TokenFSM`'s interface (allowed_mask,
+next_state, is_accepting, is_finished, forced_bytes, retokenized), so the sampler, the output
+processing and jump-forward treat both alike. Unlike a TokenFSM it holds state: each request gets
+its own (a copy of the pristine matcher), and its state ids count the tokens consumed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from ..errors import ConstraintError
+
+_MAX_CACHED = 128
+_MATCHERS: OrderedDict[tuple[str, int], object] = OrderedDict()
+_LL_TOKENIZERS: dict[int, tuple[object, object]] = {}  # id(tokenizer) -> (tokenizer, LLTokenizer)
+_LOCK = threading.Lock()
+
+
+def available() -> bool:
+    try:
+        import llguidance  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _llguidance():
+    try:
+        import llguidance
+    except ImportError:
+        raise ConstraintError("grammar constraints need the llguidance package "
+                              "(pip install llguidance)") from None
+    return llguidance
+
+
+def ll_tokenizer(tokenizer):
+    """llguidance's view of `tokenizer` (built once per tokenizer, ~0.3 s); `tokenizer` is
+    sglc's Tokenizer (its `tk` is a `tokenizers.Tokenizer`)."""
+    with _LOCK:
+        hit = _LL_TOKENIZERS.get(id(tokenizer))
+        if hit is not None and hit[0] is tokenizer:
+            return hit[1]
+    llg = _llguidance()
+    lt = llg.LLTokenizer(tokenizer.tk.to_str(), n_vocab=tokenizer.vocab_size,
+                         eos_token=list(tokenizer.eos_token_ids))
+    with _LOCK:
+        _LL_TOKENIZERS[id(tokenizer)] = (tokenizer, lt)
+    return lt
+
+
+def to_llguidance(text: str) -> str:
+    """A Lark or GBNF/EBNF grammar as an llguidance grammar; ConstraintError if GBNF text does
+    not convert."""
+    llg = _llguidance()
+    if not isinstance(text, str) or not text.strip():
+        raise ConstraintError(f"a grammar must be non-empty text, got {text!r}")
+    try:
+        return llg.grammar_from("grammar", text)
+    except ValueError as e:
+        raise ConstraintError(f"grammar: {e}") from None
+
+
+def check_grammar(text: str, tokenizer=None) -> None:
+    """Raise ConstraintError naming the line and column of what is wrong in `text` (Lark or
+    GBNF); the tokenizer is optional (without it, token-level checks are skipped)."""
+    llg = _llguidance()
+    grammar = to_llguidance(text)
+    lt = None if tokenizer is None else ll_tokenizer(tokenizer)
+    is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, lt)
+    if is_error:
+        raise ConstraintError("grammar error " + messages[0].rstrip())
+
+
+def compile_grammar(text: str, tokenizer) -> GrammarConstraint:
+    """A fresh GrammarConstraint for one request (the checked grammar is cached)."""
+    llg = _llguidance()
+    lt = ll_tokenizer(tokenizer)
+    key = (text, id(lt))
+    with _LOCK:
+        pristine = _MATCHERS.get(key)
+        if pristine is not None:
+            _MATCHERS.move_to_end(key)
+    if pristine is None:
+        check_grammar(text, tokenizer)
+        pristine = llg.LLMatcher(lt, to_llguidance(text), log_level=0)
+        if pristine.is_error():
+            raise ConstraintError("grammar error " + pristine.get_error().rstrip())
+        with _LOCK:
+            pristine = _MATCHERS.setdefault(key, pristine)
+            while len(_MATCHERS) > _MAX_CACHED:
+                _MATCHERS.popitem(last=False)
+    return GrammarConstraint(pristine.deep_copy(), tokenizer.vocab_size,
+                             tuple(tokenizer.eos_token_ids), text)
+
+
+def _complete_utf8(data: bytes) -> bytes:
+    """`data` without a trailing, incomplete UTF-8 character."""
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b & 0xC0 != 0x80:  # the last character's first byte
+            need = 1 if b < 0x80 else 2 if b >> 5 == 6 else 3 if b >> 4 == 14 else 4
+            return data if need <= back else data[:-back]
+    return data
+
+
+class GrammarConstraint:
+    """One request's grammar matcher. State ids: the number of tokens consumed so far; a call
+    with any other state is a bug (the engine only asks about the current one)."""
+
+    initial_state = 0
+
+    def __init__(self, matcher, vocab_size: int, eos_token_ids: tuple[int, ...], text: str):
+        self.matcher, self.vocab_size = matcher, vocab_size
+        self.eos_token_ids = eos_token_ids
+        self.pattern = text
+        self._pos = 0
+        self._mask: tuple[int, torch.Tensor] | None = None
+
+    def __repr__(self) -> str:
+        return f"GrammarConstraint({self.pattern[:60]!r}, tokens={self._pos})"
+
+    def _at(self, state: int) -> None:
+        assert state == self._pos, f"grammar matcher is at {self._pos}, asked about {state}"
+
+    def allowed_mask(self, state: int) -> torch.Tensor:
+        """Bool (vocab_size,) mask of the tokens the grammar allows next (EOS where complete)."""
+        self._at(state)
+        if self._mask is None or self._mask[0] != state:
+            bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+            mask = np.unpackbits(bits, bitorder="little")[:self.vocab_size].astype(bool)
+            self._mask = (state, torch.from_numpy(mask))
+        return self._mask[1]
+
+    def next_state(self, state: int, token_id: int) -> int:
+        self._at(state)
+        if not self.matcher.consume_token(token_id):
+            return -1
+        self._pos += 1
+        return self._pos
+
+    def is_accepting(self, state: int) -> bool:
+        self._at(state)
+        return self.matcher.is_accepting()
+
+    def is_finished(self, state: int) -> bool:
+        """Nothing but EOS can follow: generation stops here."""
+        self._at(state)
+        return self.matcher.is_stopped()
+
+    def forced_bytes(self, state: int) -> bytes:
+        """Bytes the grammar forces next (the jump-forward text), whole characters only."""
+        self._at(state)
+        return _complete_utf8(self.matcher.compute_ff_bytes())
+
+    def retokenized(self, state: int, forced: bytes, old: list[int], new: list[int],
+                    common: int) -> int:
+        """After jump-forward re-tokenized the output from `old` to `new` (sharing `common`
+        leading ids): roll the matcher back to `common` and consume the new tail. Returns the
+        new state, or -1 (matcher unchanged) if the grammar does not take the new tokens."""
+        self._at(state)
+        back, tail = len(old) - common, new[common:]
+        if back and not self.matcher.rollback(back):
+            return -1
+        if self.matcher.validate_tokens(tail) != len(tail):
+            self.matcher.consume_tokens(old[common:])  # restore
+            return -1
+        self.matcher.consume_tokens(tail)
+        self._pos = self._pos - back + len(tail)
+        self._mask = None
+        return self._pos

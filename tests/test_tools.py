@@ -1,0 +1,110 @@
+"""Grammars and OpenAI tool calls through the server, with the real `openai` client: tool calls
+come back as `tool_calls` whose arguments validate against the tool's schema (constrained, so
+always), streamed or not; `grammar` / `ebnf` in extra_body; a bad grammar is a 400 naming its
+line and column, and the server goes on."""
+
+import json
+
+import jsonschema
+import lark
+import openai
+import pytest
+
+pytest.importorskip("llguidance")
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 30},
+        "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]}}}
+ADD = {"type": "function", "function": {
+    "name": "add", "description": "Add two integers",
+    "parameters": {"type": "object", "properties": {
+        "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, ADD)}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    return openai.OpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0)
+
+
+def _valid_call(call, names):
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name in names
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def test_required_tool_call_validates(client):
+    r = client.chat.completions.create(model="smol", messages=ASK, tools=[WEATHER, ADD],
+                                       tool_choice="required", temperature=0, max_tokens=64)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls" and c.message.content is None
+    assert len(c.message.tool_calls) == 1
+    _valid_call(c.message.tool_calls[0], {"get_weather", "add"})
+
+
+def test_named_tool_choice_calls_that_tool_even_when_sampled(client):
+    for seed in (1, 2, 3):
+        r = client.chat.completions.create(
+            model="smol", messages=ASK, tools=[WEATHER, ADD], temperature=1.0, seed=seed,
+            tool_choice={"type": "function", "function": {"name": "add"}}, max_tokens=64)
+        _valid_call(r.choices[0].message.tool_calls[0], {"add"})
+
+
+def test_auto_answers_text_or_a_valid_call(client):
+    for msgs in (ASK, [{"role": "user", "content": "Say hello."}]):
+        r = client.chat.completions.create(model="smol", messages=msgs, tools=[WEATHER],
+                                           temperature=0, max_tokens=48)
+        c = r.choices[0]
+        if c.message.tool_calls:
+            assert c.finish_reason == "tool_calls"
+            _valid_call(c.message.tool_calls[0], {"get_weather"})
+        else:
+            assert c.message.content and not c.message.content.startswith("{")
+
+
+def test_streamed_tool_call(client):
+    stream = client.chat.completions.create(model="smol", messages=ASK, tools=[WEATHER],
+                                            tool_choice="required", temperature=0,
+                                            max_tokens=64, stream=True)
+    calls, finish = [], None
+    for chunk in stream:
+        d = chunk.choices[0].delta
+        calls += d.tool_calls or []
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and len(calls) == 1
+    _valid_call(calls[0], {"get_weather"})
+
+
+def test_conversation_with_a_tool_result(client):
+    first = client.chat.completions.create(model="smol", messages=ASK, tools=[WEATHER],
+                                           tool_choice="required", temperature=0, max_tokens=64)
+    call = first.choices[0].message.tool_calls[0]
+    msgs = ASK + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                  {"role": "tool", "tool_call_id": call.id, "content": "18 degrees, sunny"}]
+    r = client.chat.completions.create(model="smol", messages=msgs, tools=[WEATHER],
+                                       tool_choice="none", temperature=0, max_tokens=24)
+    assert r.choices[0].message.content and not r.choices[0].message.tool_calls
+
+
+def test_grammar_and_ebnf_in_extra_body(client):
+    grammar = 'start: "The answer is " NUMBER "."\nNUMBER: /[0-9]{1,3}/\n'
+    gbnf = 'root ::= "The answer is " [0-9] [0-9]? [0-9]? "."'
+    for extra in ({"grammar": grammar}, {"ebnf": gbnf}):
+        r = client.chat.completions.create(
+            model="smol", messages=[{"role": "user", "content": "What is 6 times 7?"}],
+            temperature=0, max_tokens=16, extra_body=extra)
+        lark.Lark(grammar, start="start").parse(r.choices[0].message.content)
+        r = client.completions.create(model="smol", prompt="6 times 7 is", max_tokens=16,
+                                      temperature=0, extra_body=extra)
+        lark.Lark(grammar, start="start").parse(r.choices[0].text)
+
+
+def test_bad_grammar_is_400_with_line_and_column(client):
+    with pytest.raises(openai.BadRequestError, match=r"at 2\(\d+\)"):
+        client.completions.create(model="smol", prompt="Hi", max_tokens=4,
+                                  extra_body={"grammar": 'start: a\na: "x" | missing\n'})
+    r = client.completions.create(model="smol", prompt="Hi", max_tokens=2)
+    assert r.choices[0].text is not None  # still serving
