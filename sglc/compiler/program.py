@@ -10,9 +10,9 @@ import sys
 import threading
 import warnings
 
-from . import ir  # noqa: F401 - so `sgl.ir.parse` works after `import sglc`
-from .lang.function import SglFunction
-from .lang.primitives import ProgramError
+from .. import ir  # noqa: F401 - so `sgl.ir.parse` works after `import sglc`
+from ..lang.function import SglFunction
+from ..lang.primitives import ProgramError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class CompiledProgram(SglFunction):
         try:
             self._specialize(self.static)
         except Exception as e:
-            from .parser import CompileError, CompileWarning, ProgramCheckError
+            from ..parser import CompileError, CompileWarning, ProgramCheckError
 
             if strict or not isinstance(e, CompileError) or isinstance(e, ProgramCheckError):
                 raise  # a mistake in the program fails eagerly too: say so now
@@ -58,9 +58,9 @@ class CompiledProgram(SglFunction):
     # ---- graphs -------------------------------------------------------------------------------
     def _specialize(self, static_values: dict):
         """(source graph, optimized graph, plan) for these values of the static arguments."""
-        from .backend.plan import Plan
-        from .parser import lower_program
-        from .passes import PassContext, PassManager, select_passes
+        from .plan import Plan
+        from ..parser import lower_program
+        from ..passes import PassContext, PassManager, select_passes
 
         static_values = {**self.static, **static_values}
         with self._lock:
@@ -128,7 +128,7 @@ class CompiledProgram(SglFunction):
             return
         self._prepared.add(id(backend))
         self._tokenizer = tokenizer
-        from .passes import lower_constraints
+        from ..passes import lower_constraints
 
         try:
             for _, graph, _ in list(self._graphs.values()):
@@ -156,9 +156,9 @@ class CompiledProgram(SglFunction):
         return out
 
     def _instance(self, backend, arguments: dict, defaults, stream: bool, envs=None):
-        from .backend.plan import Envs, Instance
-        from .lang.interpreter import StreamExecutor
-        from .lang.state import ProgramState
+        from .plan import Envs, Instance
+        from ..lang.interpreter import StreamExecutor
+        from ..lang.state import ProgramState
 
         mirror = StreamExecutor(backend, arguments, defaults, stream=stream,
                                 num_api_spec_tokens=self.num_api_spec_tokens, use_thread=False)
@@ -170,7 +170,7 @@ class CompiledProgram(SglFunction):
     def _run(self, backend, args: tuple, kwargs: dict, defaults, stream: bool, use_thread: bool):
         if self._runs_eagerly(backend):
             return self.eager._run(backend, args, kwargs, defaults, stream, use_thread)
-        from .backend.executor import GraphExecutor
+        from .executor import GraphExecutor
 
         self.prepare(backend)
         inst = self._instance(backend, self._arguments(args, kwargs), defaults, stream)
@@ -192,8 +192,8 @@ class CompiledProgram(SglFunction):
         if self._runs_eagerly(backend):
             return self.eager._run_batch(backend, batch_kwargs, defaults, num_threads,
                                          progress_bar, generator_style)
-        from .backend.executor import GraphExecutor
-        from .backend.plan import Envs
+        from .executor import GraphExecutor
+        from .plan import Envs
 
         self.prepare(backend)
         instances, states, envs = [], [], Envs(self.func)
@@ -218,8 +218,8 @@ class CompiledProgram(SglFunction):
         return iter(states) if generator_style else states
 
     def _failed_state(self, backend, defaults, err: BaseException):
-        from .lang.interpreter import StreamExecutor
-        from .lang.state import ProgramState
+        from ..lang.interpreter import StreamExecutor
+        from ..lang.state import ProgramState
 
         exe = StreamExecutor(backend, {}, defaults, use_thread=False)
         exe.fail(err)
