@@ -10,7 +10,9 @@ computed from it); `merge` yields whichever one of its operands is live."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from ..lang.primitives import SglSamplingParams
 
 
 class Kind(enum.Enum):
@@ -48,12 +50,10 @@ S, V, G = Kind.STATE, Kind.VALUE, Kind.GROUP
 
 #: gen attributes besides the sampling parameters
 GEN_EXTRA = ("name", "group", "extra_stop")
-#: sampling-parameter attributes of `gen`, named as `sgl.gen`'s arguments
-GEN_PARAMS = ("max_tokens", "min_tokens", "stop", "stop_token_ids", "stop_regex", "temperature",
-              "top_p",
-              "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty",
-              "ignore_eos", "return_logprob", "logprob_start_len", "top_logprobs_num", "dtype",
-              "regex", "json_schema", "grammar")
+#: sampling-parameter attributes of `gen`, named as `sgl.gen`'s arguments: every field of the
+#: language's sampling parameters but `n` (a gen with n > 1 yields a list and runs eagerly)
+GEN_PARAMS = tuple(SglSamplingParams.gen_arg(f.name) for f in fields(SglSamplingParams)
+                   if f.name != "n")
 
 
 @dataclass(frozen=True)

@@ -74,21 +74,24 @@ def gen(name: str | None = None, max_tokens: int | None = None,
         return_text_in_logprobs: bool | None = None,
         dtype: type | str | None = None, choices: list[str] | None = None,
         choices_method: ChoicesSamplingMethod | None = None, regex: str | None = None,
-        json_schema: str | dict | None = None, grammar: str | None = None):
+        json_schema: str | dict | None = None, grammar: str | None = None,
+        repetition_penalty: float | None = None):
     """Generate text into variable `name`. Unset arguments take the program's defaults (from
     `run`: max_new_tokens=128, temperature=1.0, ...); the arguments come in SGLang's order.
     `dtype`, `regex`, `json_schema` and `grammar` (a context-free grammar in Lark syntax, or
     GBNF/EBNF as llama.cpp takes it) constrain the output; `choices` makes it a `select`;
     `n` > 1 samples n continuations (the variable holds the list of them, the text continues
-    with the first); `stop_regex` ends at a match. Logprob entries always carry their token's
-    text, so `return_text_in_logprobs` is accepted for SGLang programs and ignored."""
+    with the first); `stop_regex` ends at a match. `grammar` and `repetition_penalty` (sglc's
+    extensions) come after SGLang's arguments. Logprob entries always carry their token's text,
+    so `return_text_in_logprobs` is accepted for SGLang programs and ignored."""
     if choices:
         return SglSelect(name, choices, 0.0 if temperature is None else temperature,
                          choices_method or token_length_normalized)
     return SglGen(name, SglSamplingParams(
         max_new_tokens=max_tokens, min_new_tokens=min_tokens, n=n, stop=stop,
         stop_token_ids=stop_token_ids, stop_regex=stop_regex, temperature=temperature,
-        top_p=top_p, top_k=top_k, min_p=min_p, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+        top_p=top_p, top_k=top_k, min_p=min_p, frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty, repetition_penalty=repetition_penalty,
         ignore_eos=ignore_eos, return_logprob=return_logprob,
         logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num, dtype=dtype,
         regex=regex, json_schema=json_schema, grammar=grammar))

@@ -132,6 +132,11 @@ class SglSamplingParams:
             raise ProgramError(f"give at most one of dtype, regex, json_schema and grammar, got "
                                f"{' and '.join(given)}")
 
+    @staticmethod
+    def gen_arg(name: str) -> str:
+        """The `gen` argument that sets field `name` (max_new_tokens -> max_tokens, ...)."""
+        return _ARG_NAMES.get(name, name)
+
     def merge(self, over: SglSamplingParams) -> SglSamplingParams:
         """These params with every field that `over` gives replaced by `over`'s value."""
         given = {f.name: getattr(over, f.name) for f in fields(over)

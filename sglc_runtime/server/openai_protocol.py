@@ -8,10 +8,11 @@ the legacy completions form or the chat form, and usage with cached prompt token
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import InvalidRequestError
+from ..sampling_params import SamplingParams
 from ..tokenizer import Tokenizer
 from .tools import Tools, call_text, parse_calls, parse_tools, tool_grammar, with_tools
 
@@ -24,17 +25,13 @@ class ParamError(InvalidRequestError):
         self.param = param
 
 
-# OpenAI (and SGLang / vLLM extra_body) field -> engine sampling parameter
-_SAMPLING = {
-    "max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
-    "temperature": "temperature", "top_p": "top_p", "frequency_penalty": "frequency_penalty",
-    "presence_penalty": "presence_penalty", "stop": "stop", "n": "n", "seed": "seed",
-    "top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty",
-    "ignore_eos": "ignore_eos", "regex": "regex", "json_schema": "json_schema",
-    "min_tokens": "min_new_tokens", "stop_token_ids": "stop_token_ids",
-    "skip_special_tokens": "skip_special_tokens", "no_stop_trim": "no_stop_trim",
-    "stop_regex": "stop_regex", "grammar": "grammar", "ebnf": "ebnf",
-}
+# OpenAI (and SGLang / vLLM extra_body) field -> engine sampling parameter: OpenAI's names for
+# the token budgets, and every other engine parameter under its own name (sampling_params.py is
+# the one schema; a parameter added there is taken here too)
+_OPENAI_NAMES = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
+                 "min_tokens": "min_new_tokens"}
+_SAMPLING = {**{f.name: f.name for f in fields(SamplingParams)
+                if f.init and f.name not in _OPENAI_NAMES.values()}, **_OPENAI_NAMES}
 # `user` is an end-user id for the provider's abuse monitoring: accepted, it changes nothing.
 _COMMON = {"model", "stream", "stream_options", "user", "response_format", *_SAMPLING}
 _COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "logprobs", "best_of"}
