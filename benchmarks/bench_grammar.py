@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, save  # noqa: E402
+from common import RESULTS, save
 
 FIVE_FIELDS = {"type": "object", "properties": {
     "name": {"type": "string"}, "age": {"type": "integer"}, "email": {"type": "string"},
@@ -47,8 +47,8 @@ ARRAY_OF_OBJECTS = {"type": "array", "items": {
 # (kind, text): regex, json_schema, or a grammar in GBNF (which all grammar engines read)
 CASES = {
     "regex: date": ("regex", r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
-    "regex: ipv4": ("regex", r"((25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\.){3}"
-                             r"(25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)"),
+    "regex: ipv4": ("regex", (r"((25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\.){3}"
+                              r"(25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)")),
     "regex: string{0,50}": ("regex", r'"[^"]{0,50}"'),
     "schema: 5 fields": ("json_schema", FIVE_FIELDS),
     "schema: nested + array": ("json_schema", NESTED),
@@ -102,8 +102,11 @@ class SglcFSM(Engine):
         return kind != "grammar"
 
     def compile(self, kind, text):
-        from sglc_runtime.constrained import clear_memory_cache, compile_regex, \
-            json_schema_to_regex
+        from sglc_runtime.constrained import (
+            clear_memory_cache,
+            compile_regex,
+            json_schema_to_regex,
+        )
 
         clear_memory_cache()
         regex = json_schema_to_regex(json.dumps(text)) if kind == "json_schema" else text

@@ -166,7 +166,7 @@ def _ungrouped(x: torch.Tensor, Tq: int, nq: int) -> torch.Tensor:
 def _attend_flash(q, keys, vals, scale, mask, need_lse):
     """`attend` through aten's CPU flash kernel, which also returns the log-sum-exp; grouped
     query heads ride as extra query rows of their KV head (no K/V repeat)."""
-    B, Tq, nq, hd = q.shape
+    B, Tq, nq = q.shape[:3]
     L, nkv = keys.shape[1], keys.shape[2]
     g = nq // nkv
     bias = None

@@ -8,9 +8,9 @@ import pytest
 pytest.importorskip("llguidance")
 lark = pytest.importorskip("lark")
 
-import sglc as sgl  # noqa: E402
-from sglc.lang.primitives import ProgramError  # noqa: E402
-from sglc_runtime.errors import ConstraintError, InvalidRequestError  # noqa: E402
+import sglc as sgl
+from sglc.lang.primitives import ProgramError
+from sglc_runtime.errors import ConstraintError, InvalidRequestError
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 

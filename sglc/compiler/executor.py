@@ -20,6 +20,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 from ..ir.ops import Op
+from ..lang.backend import BaseBackend
 from ..lang.interpreter import StreamExecutor
 from ..lang.primitives import (
     SglConstantText,
@@ -27,8 +28,7 @@ from ..lang.primitives import (
     SglSelect,
     as_expr,
 )
-from ..lang.backend import BaseBackend
-from .plan import Instance, Plan, SnapshotState, appends_model_call, clone, node_expr
+from .plan import Instance, Plan, SnapshotState, appends_model_call, node_expr
 from .segments import run_segment, usable_segment
 
 logger = logging.getLogger(__name__)
@@ -188,23 +188,23 @@ class GraphExecutor:
         if op is Op.FORK:
             return args[0]
         if op is Op.CHILD:
-            c = clone(args[0])
+            c = args[0].copy()
             c.fork_start_text_pos = len(c.text_)
             return c
         if op is Op.RET:
             return None
-        exe = clone(args[0])
+        exe = args[0].copy()
         if op is Op.JOIN:
             self._join(exe, args[1:], a["mode"])
         else:
-            exe._execute(node_expr(node, args))
+            exe.apply(node_expr(node, args))
         return exe
 
     @staticmethod
     def _join(exe: StreamExecutor, children: list, mode: str) -> None:
         if mode == "concate_and_append":
             for child in children:
-                exe._execute(SglConstantText(child.text_[child.fork_start_text_pos:]))
+                exe.apply(SglConstantText(child.text_[child.fork_start_text_pos:]))
             return
         before = set(exe.variables)
         for child in children:
@@ -265,20 +265,20 @@ class GraphExecutor:
             if args[0].text_:
                 self.backend.cache_prefix(args[0].text_)
             return args[0]
-        exe = clone(args[0])
+        exe = args[0].copy()
         if node.op is Op.SELECT:
             temperature, method = inst.plan.selects[n]
             choices = node.attrs.get("choices", args[1] if len(args) > 1 else None)
-            exe._execute(SglSelect(node.attrs.get("name"), choices, temperature, method))
+            exe.apply(SglSelect(node.attrs.get("name"), choices, temperature, method))
         elif node.op is Op.APPEND:
-            exe._execute(as_expr(args[1]))
+            exe.apply(as_expr(args[1]))
         else:
             params = self._params(inst.plan, n, exe)
             if self.stream and n in inst.plan.main:
                 return self._gen_stream(inst, n, exe, params)
             text, meta = self.backend.generate(exe.text_, params)
-            exe._execute(SglConstantText(text))
-            exe._set(node.attrs.get("name"), text, meta)
+            exe.apply(SglConstantText(text))
+            exe.record(node.attrs.get("name"), text, meta)
         return exe
 
     def _params(self, plan: Plan, n, exe: StreamExecutor) -> SglSamplingParams:
@@ -287,29 +287,24 @@ class GraphExecutor:
         return params.with_extra_stop(tuple(extra), ()) if extra else params
 
     def _gen_many(self, plan: Plan, nodes: list, ins: list) -> list:
-        exes = [clone(x) for x in ins]
+        exes = [x.copy() for x in ins]
         params = [self._params(plan, n, exe) for n, exe in zip(nodes, exes)]
         outs = self.backend.generate_many([exe.text_ for exe in exes], params)
         for n, exe, (text, meta) in zip(nodes, exes, outs):
-            exe._execute(SglConstantText(text))
-            exe._set(plan.nodes[n].attrs.get("name"), text, meta)
+            exe.apply(SglConstantText(text))
+            exe.record(plan.nodes[n].attrs.get("name"), text, meta)
         return exes
 
     def _gen_stream(self, inst: Instance, n, exe: StreamExecutor, params) -> StreamExecutor:
         name = inst.plan.nodes[n].attrs.get("name")
         self._show(inst, None, exe)
-        pieces, meta, m = [], {}, inst.mirror
+        pieces, meta = [], {}
         for piece, meta in self.backend.generate_stream(exe.text_, params):
             pieces.append(piece)
-            with m.cond:
-                m.text_ += piece
-                if name is not None:
-                    m.variables[name] = m.variables.get(name, "") + piece \
-                        if isinstance(m.variables.get(name), str) else piece
-                m.cond.notify_all()
+            inst.mirror.show_piece(name, piece)
         text = "".join(pieces)
-        exe._execute(SglConstantText(text))
-        exe._set(name, text, meta)
+        exe.apply(SglConstantText(text))
+        exe.record(name, text, meta)
         return exe
 
     # ---- the caller's state -------------------------------------------------------------------
@@ -319,14 +314,7 @@ class GraphExecutor:
         if rank < inst.shown:
             return
         inst.shown = rank
-        m = inst.mirror
-        with m.cond:
-            m.text_, m.messages_ = exe.text_, list(exe.messages_)
-            m.variables, m.meta_info = dict(exe.variables), dict(exe.meta_info)
-            for name, ev in m.variable_event.items():
-                if name in exe.variables and n is not None:
-                    ev.set()
-            m.cond.notify_all()
+        inst.mirror.show(exe, events=n is not None)
 
     def _finish(self, inst: Instance) -> None:
         plan = inst.plan
@@ -336,12 +324,8 @@ class GraphExecutor:
             return self._fail(inst, AssertionError("no path of the program graph reached ret"))
         inst.state.ret_value = inst.values[ret.args[1]] if len(ret.args) > 1 else None
         m = inst.mirror
-        with m.cond:
-            m.text_, m.messages_ = final.text_, list(final.messages_)
-            m.variables, m.meta_info = dict(final.variables), dict(final.meta_info)
-            m.cur_role = final.cur_role
-            for ev in m.variable_event.values():
-                ev.set()
+        with m.cond:  # (re-entrant) shown and finished at once
+            m.show(final, done=True)
             inst.finished = m.is_finished = True
             m.cond.notify_all()
         self._num_done += 1

@@ -54,18 +54,6 @@ class SnapshotState(ProgramState):
         pass
 
 
-def clone(exe: StreamExecutor) -> StreamExecutor:
-    """A copy of a state to apply the next op to (states are never changed in place)."""
-    c = StreamExecutor(exe.backend, exe.arguments, exe.default_params, exe.chat_template,
-                       stream=False, num_api_spec_tokens=exe.num_api_spec_tokens,
-                       use_thread=False)
-    c.text_, c.messages_ = exe.text_, list(exe.messages_)
-    c.variables, c.meta_info = dict(exe.variables), dict(exe.meta_info)
-    c.cur_role, c.cur_role_begin_pos = exe.cur_role, exe.cur_role_begin_pos
-    c.fork_start_text_pos, c._stop_ids = exe.fork_start_text_pos, exe._stop_ids
-    return c
-
-
 def _has_model_call(expr) -> bool:
     return any(isinstance(x, (SglGen, SglSelect)) for x in expr.flatten())
 

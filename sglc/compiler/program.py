@@ -58,9 +58,9 @@ class CompiledProgram(SglFunction):
     # ---- graphs -------------------------------------------------------------------------------
     def _specialize(self, static_values: dict):
         """(source graph, optimized graph, plan) for these values of the static arguments."""
-        from .plan import Plan
         from ..parser import lower_program
         from ..passes import PassContext, PassManager, select_passes
+        from .plan import Plan
 
         static_values = {**self.static, **static_values}
         with self._lock:
@@ -156,9 +156,9 @@ class CompiledProgram(SglFunction):
         return out
 
     def _instance(self, backend, arguments: dict, defaults, stream: bool, envs=None):
-        from .plan import Envs, Instance
         from ..lang.interpreter import StreamExecutor
         from ..lang.state import ProgramState
+        from .plan import Envs, Instance
 
         mirror = StreamExecutor(backend, arguments, defaults, stream=stream,
                                 num_api_spec_tokens=self.num_api_spec_tokens, use_thread=False)

@@ -9,7 +9,7 @@ import logging
 
 from ..ir.ops import Op
 from ..lang.primitives import SglConstantText
-from .plan import Instance, appends_model_call, clone, node_expr
+from .plan import Instance, appends_model_call, node_expr
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def usable_segment(inst: Instance, segment: list) -> list:
 
 
 def _apply_constant(inst: Instance, node, exe) -> None:
-    exe._execute(node_expr(node, [exe] + [inst.values[a] for a in node.args[1:]]))
+    exe.apply(node_expr(node, [exe] + [inst.values[a] for a in node.args[1:]]))
 
 
 def run_segment(executor, inst: Instance, nodes: list) -> list:
@@ -37,7 +37,7 @@ def run_segment(executor, inst: Instance, nodes: list) -> list:
     states in order, possibly only a prefix of them (see the module docstring)."""
     plan = inst.plan
     start = inst.values[plan.nodes[nodes[0]].args[0]]
-    scratch, steps = clone(start), []
+    scratch, steps = start.copy(), []
     for n in nodes:
         node = plan.nodes[n]
         if node.op is Op.GEN:
@@ -45,7 +45,7 @@ def run_segment(executor, inst: Instance, nodes: list) -> list:
             if params.n not in (None, 1) or params.to_request()[1]:
                 break  # n > 1 or logprobs: not in a segment
             steps.append(("gen", params))
-            scratch._set(node.attrs.get("name"), "", {})
+            scratch.record(node.attrs.get("name"), "", {})
         else:
             before = len(scratch.text_)
             _apply_constant(inst, node, scratch)
@@ -56,15 +56,15 @@ def run_segment(executor, inst: Instance, nodes: list) -> list:
     values, exe, expected = [], start, start.text_
     for n, (kind, value) in zip(nodes, steps):
         node = plan.nodes[n]
-        exe = clone(exe)
+        exe = exe.copy()
         if kind == "gen":
             if exe.text_ != expected:
                 logger.debug("segment at %%%s: predicted prompt differs; going on node by node",
                              n)
                 break
             text, meta = next(outs)
-            exe._execute(SglConstantText(text))
-            exe._set(node.attrs.get("name"), text, meta)
+            exe.apply(SglConstantText(text))
+            exe.record(node.attrs.get("name"), text, meta)
             expected += text
         else:
             _apply_constant(inst, node, exe)

@@ -162,6 +162,50 @@ class StreamExecutor:
         return children
 
     # ---- the worker -------------------------------------------------------------------------
+    # ---- one state as a value: the compiled executor's interface (sglc/compiler) -------------
+    def copy(self) -> StreamExecutor:
+        """A copy of this state (no worker thread) to apply the next expression to; the
+        compiled executor never changes a state in place."""
+        c = StreamExecutor(self.backend, self.arguments, self.default_params, self.chat_template,
+                           stream=False, num_api_spec_tokens=self.num_api_spec_tokens,
+                           use_thread=False)
+        c.text_, c.messages_ = self.text_, list(self.messages_)
+        c.variables, c.meta_info = dict(self.variables), dict(self.meta_info)
+        c.cur_role, c.cur_role_begin_pos = self.cur_role, self.cur_role_begin_pos
+        c.fork_start_text_pos, c._stop_ids = self.fork_start_text_pos, self._stop_ids
+        return c
+
+    def apply(self, expr: SglExpr) -> None:
+        """Execute `expr` on this state now, on the calling thread."""
+        self._execute(expr)
+
+    def record(self, name: str | None, value, meta=None) -> None:
+        """Store a generated value (and its meta info) as variable `name`."""
+        self._set(name, value, meta)
+
+    def show(self, other: StreamExecutor, events: bool = True, done: bool = False) -> None:
+        """Make this state (a caller's view) show `other`'s text, messages and variables and
+        wake whoever waits on them (`events`: on the variables `other` has; `done`: on every
+        variable, and the role is final too)."""
+        with self.cond:
+            self.text_, self.messages_ = other.text_, list(other.messages_)
+            self.variables, self.meta_info = dict(other.variables), dict(other.meta_info)
+            if done:
+                self.cur_role = other.cur_role
+            for name, ev in self.variable_event.items():
+                if done or (events and name in other.variables):
+                    ev.set()
+            self.cond.notify_all()
+
+    def show_piece(self, name: str | None, piece: str) -> None:
+        """A streamed piece of gen `name`'s text, shown before the gen is done."""
+        with self.cond:
+            self.text_ += piece
+            if name is not None:
+                old = self.variables.get(name)
+                self.variables[name] = old + piece if isinstance(old, str) else piece
+            self.cond.notify_all()
+
     def _worker(self) -> None:
         while True:
             item = self.queue.get()

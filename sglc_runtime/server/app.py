@@ -16,7 +16,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine import Engine
 from ..errors import SglcError
-from .tools import parse_calls
 from .openai_protocol import (
     OpenAIRequest,
     ParamError,
@@ -28,6 +27,7 @@ from .openai_protocol import (
     parse_completion,
     usage,
 )
+from .tools import parse_calls
 
 DEFAULT_MAX_REQUEST_BYTES = 16 << 20
 _GENERATE_FIELDS = {"text", "input_ids", "sampling_params", "return_logprob",
