@@ -48,8 +48,9 @@ def use_sdpa(q: torch.Tensor, impl: str) -> bool:
 @functools.cache
 def fastest_cpu_attention(dtype: torch.dtype) -> str:
     """"sdpa" or "matmul": whichever runs a 16-row decode over 256 keys plus a 256-token causal
-    prefill faster on this CPU in `dtype` (timed once per process, ~0.1 s; the two differ by
-    2-10x either way, so the pick is stable). float32 always gets "sdpa"."""
+    prefill (each as the engine runs it: sdpa's prefill in float32 when PREFILL_IN_FLOAT32)
+    faster on this CPU in `dtype` (timed once per process, ~0.1 s; the two differ by 2-10x
+    either way, so the pick is stable). float32 always gets "sdpa"."""
     if dtype == torch.float32:
         return "sdpa"
     gen = torch.Generator().manual_seed(0)
@@ -60,9 +61,10 @@ def fastest_cpu_attention(dtype: torch.dtype) -> str:
 
     dq, pq, k, v = rand(16, 1, nq, hd), rand(1, L, nq, hd), rand(16, L, nkv, hd), rand(1, L, nkv, hd)
     causal = torch.ones(L, L, dtype=torch.bool).tril()[None]
+    pdt = torch.float32 if PREFILL_IN_FLOAT32 else dtype  # what prefill under sdpa runs in
     runs = {
         "sdpa": lambda: (_attend_flash(dq, k, k, 0.125, None, False),
-                         _attend_flash(pq, v, v, 0.125, causal, False)),
+                         _attend_flash(pq.to(pdt), v.to(pdt), v.to(pdt), 0.125, causal, False)),
         "matmul": lambda: (_attend_matmul(dq, k, k, 0.125, None, False),
                            _attend_matmul(pq, v, v, 0.125, causal, False)),
     }

@@ -146,9 +146,14 @@ class EngineCore:
         if keep:
             reqs_k = [reqs[i] for i in keep]
             need_lp = any(r.return_logprob for r in reqs_k)
-            ids, lps = sample(logits if len(keep) == len(reqs) else logits[keep], reqs_k,
-                              self.eos_ids, need_lp)
+            rows = logits if len(keep) == len(reqs) else logits[keep]
+            try:
+                ids, lps = sample(rows, reqs_k, self.eos_ids, need_lp)
+            except Exception:  # noqa: BLE001 - find the request(s) at fault, fail only them
+                ids, lps = self._sample_apart(rows, reqs_k, need_lp)
             for i, (r, t) in enumerate(zip(reqs_k, ids)):
+                if t is None:
+                    continue  # its sampling failed (the request has failed)
                 try:  # a failure here is this request's alone
                     append_token(r, t, None if lps is None else lps[i], self.tokenizer,
                                  self.eos_ids)
@@ -168,6 +173,22 @@ class EngineCore:
                 self._continue(r)
             if r.finished and r.row is not None:
                 self.scheduler.release(r, finished=True)
+
+    def _sample_apart(self, logits: torch.Tensor, reqs: list[Req], need_lp: bool):
+        """Sample each request on its own (after the batch's sampling raised): a request whose
+        own sampling raises (e.g. its constraint's matcher failed) fails, the others go on."""
+        ids, lps = [], []
+        for i, r in enumerate(reqs):
+            try:
+                t, lp = sample(logits[i:i + 1], [r], self.eos_ids, need_lp)
+                ids.append(t[0])
+                lps.append(None if lp is None else lp[0])
+            except Exception as e:  # noqa: BLE001 - this request's alone
+                logger.exception("request %d failed in sampling", r.rid)
+                self.fail(r, e)
+                ids.append(None)
+                lps.append(None)
+        return ids, (lps if need_lp else None)
 
     def _continue(self, req: Req) -> None:
         """A program segment's request starts its next gen in place (continuation.py)."""

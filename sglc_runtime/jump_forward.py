@@ -6,7 +6,10 @@ from __future__ import annotations
 from .outputs import check_stop_strings, finish
 from .request import Req
 from .scheduler import Scheduler
-from .tokenizer import IncrementalDecoder, Tokenizer
+from .tokenizer import IncrementalDecoder, Tokenizer, whole_chars
+
+
+MAX_BYTES_PER_TOKEN = 64  # a bound on one token's bytes, to cap the jump to the token budget
 
 
 def common_prefix_len(a: list[int], b: list[int]) -> int:
@@ -29,6 +32,11 @@ def jump_forward(req: Req, tok: Tokenizer, scheduler: Scheduler) -> bool:
     """
     fsm = req.constraint
     forced = fsm.forced_bytes(req.fsm_state)
+    # no more than the token budget could hold (a grammar may force 100 kB); a prefix of the
+    # forced text is forced too
+    room = (req.params.max_new_tokens - len(req.output_ids)) * MAX_BYTES_PER_TOKEN
+    if len(forced) > room:
+        forced = whole_chars(forced[:max(room, 0)])
     if not forced:
         return False
     tb = tok.token_bytes

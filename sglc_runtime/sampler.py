@@ -53,7 +53,8 @@ def sample(logits: torch.Tensor, reqs: list[Req], eos_ids: tuple[int, ...],
             banned = list(eos_ids) + list(p.stop_token_ids or [])
             logits[i, banned] = float("-inf")
         if r.constraint is not None:
-            logits[i].masked_fill_(~r.constraint.allowed_mask(r.fsm_state), float("-inf"))
+            logits[i].masked_fill_(~_fit(r.constraint.allowed_mask(r.fsm_state), logits.shape[1]),
+                                   float("-inf"))
     greedy = torch.tensor([r.params.is_greedy for r in reqs])
     out = logits.argmax(dim=-1)
     if not bool(greedy.all()):
@@ -61,6 +62,17 @@ def sample(logits: torch.Tensor, reqs: list[Req], eos_ids: tuple[int, ...],
         sampled = _sample_rows(logits[rows], [reqs[i] for i in rows.tolist()])
         out[rows] = sampled
     return out.tolist(), logprobs
+
+
+def _fit(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """A constraint's mask over the tokenizer's vocabulary fitted to the logits' width (a model
+    may pad its vocabulary: the padding ids are never allowed)."""
+    n = mask.numel()
+    if n == width:
+        return mask
+    if n > width:
+        return mask[:width]
+    return torch.cat([mask, torch.zeros(width - n, dtype=torch.bool)])
 
 
 def _sample_rows(logits: torch.Tensor, reqs: list[Req]) -> torch.Tensor:

@@ -175,3 +175,13 @@ class IncrementalDecoder:
         new = full[len(self.text):] if full.startswith(self.text) else ""
         self.text = full
         return new
+
+
+def whole_chars(data: bytes) -> bytes:
+    """`data` without a trailing, incomplete UTF-8 character."""
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b & 0xC0 != 0x80:  # the last character's first byte
+            need = 1 if b < 0x80 else 2 if b >> 5 == 6 else 3 if b >> 4 == 14 else 4
+            return data if need <= back else data[:-back]
+    return data

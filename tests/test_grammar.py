@@ -108,8 +108,17 @@ def test_bad_grammar_is_named_with_line_and_column_and_the_engine_goes_on(engine
         engine.generate("hi", {"grammar": 'start: /[a-/', "max_new_tokens": 4})
     with pytest.raises(InvalidRequestError, match="at most one"):
         engine.generate("hi", {"grammar": 'start: "a"', "regex": "a", "max_new_tokens": 4})
+    with pytest.raises(ConstraintError, match="matcher fails at the start"):  # compiles, but
+        engine.generate("hi", {"grammar": "start: a\na: start\n", "max_new_tokens": 4})  # loops
     out = engine.generate("hi", {"grammar": 'start: "yes" | "no"', "max_new_tokens": 4})
     assert out["text"] in ("yes", "no")
+
+
+def test_a_huge_forced_text_jumps_only_as_far_as_the_budget(engine):
+    out = engine.generate("hi", {"grammar": 'start: /a{20000}/', "max_new_tokens": 8})
+    meta = out["meta_info"]
+    assert meta["finish_reason"]["type"] == "length" and meta["completion_tokens"] <= 8
+    assert out["text"] and set(out["text"]) == {"a"}
 
 
 def test_grammar_in_a_program_eager_and_compiled(runtime):

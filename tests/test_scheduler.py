@@ -127,3 +127,47 @@ def test_retraction_under_memory_pressure_keeps_outputs():
     got = run(small, [req(p, 30) for p in prompts])
     assert small.scheduler.num_retractions > 0
     assert [r.output_ids for r in got] == [r.output_ids for r in big]
+
+
+class _BrokenConstraint:
+    """A constraint whose matcher has failed (as an llguidance matcher can, mid-request)."""
+
+    initial_state = 0
+
+    def allowed_mask(self, state):
+        from sglc_runtime.errors import ConstraintError
+
+        raise ConstraintError("grammar matcher failed: a parser limit")
+
+
+class _NarrowConstraint:
+    """Allows only token 7, with a mask narrower than the logits (a padded model vocabulary)."""
+
+    initial_state = 0
+
+    def allowed_mask(self, state):
+        m = torch.zeros(VOCAB - 8, dtype=torch.bool)
+        m[7] = True
+        return m
+
+    def next_state(self, state, token):
+        return state
+
+    def is_accepting(self, state):
+        return True
+
+    def is_finished(self, state):
+        return False
+
+    def forced_bytes(self, state):
+        return b""
+
+
+def test_a_failing_constraint_fails_only_its_request_and_masks_fit_the_logits():
+    c = core(disable_regex_jump_forward=True)
+    ok, broken, narrow = req([5, 6, 7], 3), req([9, 10], 3), req([11, 12], 3)
+    broken.constraint, narrow.constraint = _BrokenConstraint(), _NarrowConstraint()
+    run(c, [ok, broken, narrow])
+    assert ok.output_ids == expected([5, 6, 7], 3) and ok.error is None
+    assert broken.finish_reason["type"] == "abort" and "parser limit" in str(broken.error)
+    assert narrow.error is None and narrow.output_ids == [7, 7, 7]

@@ -102,6 +102,24 @@ def test_grammar_and_ebnf_in_extra_body(client):
         lark.Lark(grammar, start="start").parse(r.choices[0].text)
 
 
+def test_malformed_tool_fields_are_400(client):
+    bad = [dict(tool_choice={"type": "function", "function": "get_weather"}),
+           dict(messages=ASK + [{"role": "assistant", "content": [{"type": "text", "text": "x"}],
+                                 "tool_calls": [{"function": {"arguments": "{}"}}]}]),
+           dict(messages=ASK + [{"role": "user", "content": "x", "tool_calls": []}] +
+                [{"role": "user", "content": "y", "tool_calls": [{"x": 1}]}])]
+    for kw in bad:
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(**{"model": "smol", "messages": ASK,
+                                              "tools": [WEATHER], "max_tokens": 4, **kw})
+    ok = ASK + [{"role": "assistant", "content": [{"type": "text", "text": "Let me see."}],
+                 "tool_calls": [{"id": "c1", "type": "function", "function": {
+                     "name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "18 C"}]
+    r = client.chat.completions.create(model="smol", messages=ok, max_tokens=4)
+    assert r.choices[0].message.content is not None
+
+
 def test_bad_grammar_is_400_with_line_and_column(client):
     with pytest.raises(openai.BadRequestError, match=r"at 2\(\d+\)"):
         client.completions.create(model="smol", prompt="Hi", max_tokens=4,

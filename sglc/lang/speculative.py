@@ -49,9 +49,12 @@ class Speculation:
         self.rest = ""
 
     def completion_gen(self, backend, prompt: str, params: SglSamplingParams):
-        """(value, meta_info) for a gen, or None when it has no stop string to end it at."""
+        """(value, meta_info) for a gen, or None when it has no stop string to end it at or a
+        constraint (which would hold the speculated text after it too): a normal call then."""
         stops = _stops(params)
-        if not stops:
+        constrained = any(getattr(params, k) is not None
+                          for k in ("regex", "json_schema", "dtype", "grammar"))
+        if not stops or constrained:
             self.rest = ""
             return None
         meta: dict = {}
@@ -88,8 +91,9 @@ class Speculation:
                          max_new_tokens=max(self.num_tokens,
                                             sum(p.max_new_tokens or 0 for _, p in gens)))
         regex = self._turn_regex(turn) if getattr(backend, "extensions", False) else None
-        if regex is not None:  # a server that takes regexes answers in the turn's shape
-            params = replace(params, regex=regex, json_schema=None, dtype=None)
+        # a server that takes regexes answers in the turn's shape; the first gen's own
+        # constraint must not hold the whole turn
+        params = replace(params, regex=regex, json_schema=None, dtype=None, grammar=None)
         pattern = self._pattern(turn)
         answer = ""
         for _ in range(_MAX_TRIES):

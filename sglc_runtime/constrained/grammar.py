@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from ..errors import ConstraintError
+from ..tokenizer import whole_chars
 
 _MAX_CACHED = 128
-_MATCHERS: OrderedDict[tuple[str, int], object] = OrderedDict()
+_MATCHERS: OrderedDict[tuple[str, int], object] = OrderedDict()  # (text, id(tokenizer))
 _LL_TOKENIZERS: dict[int, tuple[object, object]] = {}  # id(tokenizer) -> (tokenizer, LLTokenizer)
 _LOCK = threading.Lock()
 
@@ -54,8 +55,10 @@ def ll_tokenizer(tokenizer):
     lt = llg.LLTokenizer(tokenizer.tk.to_str(), n_vocab=tokenizer.vocab_size,
                          eos_token=list(tokenizer.eos_token_ids))
     with _LOCK:
-        _LL_TOKENIZERS[id(tokenizer)] = (tokenizer, lt)
-    return lt
+        hit = _LL_TOKENIZERS.get(id(tokenizer))
+        if hit is None or hit[0] is not tokenizer:  # (another thread may have won the race)
+            hit = _LL_TOKENIZERS[id(tokenizer)] = (tokenizer, lt)
+        return hit[1]
 
 
 def to_llguidance(text: str) -> str:
@@ -84,8 +87,8 @@ def check_grammar(text: str, tokenizer=None) -> None:
 def compile_grammar(text: str, tokenizer) -> GrammarConstraint:
     """A fresh GrammarConstraint for one request (the checked grammar is cached)."""
     llg = _llguidance()
-    lt = ll_tokenizer(tokenizer)
-    key = (text, id(lt))
+    lt = ll_tokenizer(tokenizer)  # kept alive with `tokenizer` in _LL_TOKENIZERS
+    key = (text, id(tokenizer))
     with _LOCK:
         pristine = _MATCHERS.get(key)
         if pristine is not None:
@@ -93,8 +96,13 @@ def compile_grammar(text: str, tokenizer) -> GrammarConstraint:
     if pristine is None:
         check_grammar(text, tokenizer)
         pristine = llg.LLMatcher(lt, to_llguidance(text), log_level=0)
-        if pristine.is_error():
-            raise ConstraintError("grammar error " + pristine.get_error().rstrip())
+        probe = pristine.deep_copy()  # some errors (e.g. a rule that never ends) show only
+        probe.compute_bitmask()       # when the first mask is computed
+        for m in (pristine, probe):
+            if m.is_error():
+                raise ConstraintError(f"grammar error: {_first_line(m.get_error())} (the "
+                                      f"grammar compiles but its matcher fails at the start: "
+                                      f"a rule that never ends?)")
         with _LOCK:
             pristine = _MATCHERS.setdefault(key, pristine)
             while len(_MATCHERS) > _MAX_CACHED:
@@ -103,14 +111,8 @@ def compile_grammar(text: str, tokenizer) -> GrammarConstraint:
                              tuple(tokenizer.eos_token_ids), text)
 
 
-def _complete_utf8(data: bytes) -> bytes:
-    """`data` without a trailing, incomplete UTF-8 character."""
-    for back in range(1, min(4, len(data)) + 1):
-        b = data[-back]
-        if b & 0xC0 != 0x80:  # the last character's first byte
-            need = 1 if b < 0x80 else 2 if b >> 5 == 6 else 3 if b >> 4 == 14 else 4
-            return data if need <= back else data[:-back]
-    return data
+def _first_line(message: str) -> str:
+    return (message.strip().splitlines() or [""])[0]
 
 
 class GrammarConstraint:
@@ -130,13 +132,21 @@ class GrammarConstraint:
         return f"GrammarConstraint({self.pattern[:60]!r}, tokens={self._pos})"
 
     def _at(self, state: int) -> None:
-        assert state == self._pos, f"grammar matcher is at {self._pos}, asked about {state}"
+        if state != self._pos:
+            raise RuntimeError(f"grammar matcher is at token {self._pos}, asked about {state}")
+
+    def _check(self) -> None:
+        """llguidance never raises: a matcher that failed (a parser limit, a token it cannot
+        take) only says so here, and would otherwise allow nothing but EOS."""
+        if self.matcher.is_error():
+            raise ConstraintError(f"grammar matcher failed: {_first_line(self.matcher.get_error())}")
 
     def allowed_mask(self, state: int) -> torch.Tensor:
         """Bool (vocab_size,) mask of the tokens the grammar allows next (EOS where complete)."""
         self._at(state)
         if self._mask is None or self._mask[0] != state:
             bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+            self._check()
             mask = np.unpackbits(bits, bitorder="little")[:self.vocab_size].astype(bool)
             self._mask = (state, torch.from_numpy(mask))
         return self._mask[1]
@@ -155,12 +165,15 @@ class GrammarConstraint:
     def is_finished(self, state: int) -> bool:
         """Nothing but EOS can follow: generation stops here."""
         self._at(state)
+        self._check()
         return self.matcher.is_stopped()
 
     def forced_bytes(self, state: int) -> bytes:
         """Bytes the grammar forces next (the jump-forward text), whole characters only."""
         self._at(state)
-        return _complete_utf8(self.matcher.compute_ff_bytes())
+        forced = self.matcher.compute_ff_bytes()
+        self._check()
+        return whole_chars(forced)
 
     def retokenized(self, state: int, forced: bytes, old: list[int], new: list[int],
                     common: int) -> int:
@@ -170,11 +183,14 @@ class GrammarConstraint:
         self._at(state)
         back, tail = len(old) - common, new[common:]
         if back and not self.matcher.rollback(back):
-            return -1
+            self._check()
+            raise ConstraintError(f"grammar matcher could not roll back {back} tokens")
         if self.matcher.validate_tokens(tail) != len(tail):
             self.matcher.consume_tokens(old[common:])  # restore
+            self._check()
             return -1
         self.matcher.consume_tokens(tail)
+        self._check()
         self._pos = self._pos - back + len(tail)
         self._mask = None
         return self._pos

@@ -193,11 +193,12 @@ def _message_text(i: int, m: Any) -> dict:
         raise ParamError("messages", f"messages[{i}].role={m['role']!r}: must be one of "
                                      f"{', '.join(_ROLES)}")
     content = m.get("content")
-    if m.get("tool_calls"):  # an earlier call, shown to the model as it writes one
-        if m["role"] != "assistant" or not isinstance(m["tool_calls"], list):
-            raise ParamError("messages", f"messages[{i}]: tool_calls must be a list, on an "
-                                         f"assistant message")
-        content = ((content or "") + "\n" if content else "") + call_text(m["tool_calls"], i)
+    calls = m.get("tool_calls")
+    if calls and (m["role"] != "assistant" or not isinstance(calls, list)):
+        raise ParamError("messages", f"messages[{i}]: tool_calls must be a list, on an "
+                                     f"assistant message")
+    if calls and content is None:
+        content = ""
     if isinstance(content, list):
         parts = []
         for part in content:
@@ -209,6 +210,8 @@ def _message_text(i: int, m: Any) -> dict:
         content = "".join(parts)
     if not isinstance(content, str):
         raise ParamError("messages", f"messages[{i}].content must be a string or text parts")
+    if calls:  # an earlier call, shown to the model as it writes one
+        content = (content + "\n" if content else "") + call_text(calls, i)
     role = "system" if m["role"] == "developer" else m["role"]
     return {"role": role, "content": content}
 

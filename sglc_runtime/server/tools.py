@@ -67,8 +67,8 @@ def parse_tools(body: dict) -> Tools | None:
     if choice is None:
         choice = "auto"
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" \
-            else None
+        fn = choice.get("function") if choice.get("type") == "function" else None
+        name = fn.get("name") if isinstance(fn, dict) else None
         if name not in names:
             raise ToolError("tool_choice", f"tool_choice names {name!r}, which is not one of "
                                            f"the tools {names}")
