@@ -263,6 +263,7 @@ def create_app(engine: Engine, model_name: str = "default", api_key: str | None 
         sent_lps = [0] * len(streams)
         finals: list[dict | None] = [None] * len(streams)
         texts = [""] * len(streams)  # with tools: each choice's text so far
+        shown = [0] * len(streams)  # ... and how much of it was sent
         open_streams = len(streams)
         try:
             if req.chat:  # the role comes first, in its own chunk per choice
@@ -291,16 +292,21 @@ def create_app(engine: Engine, model_name: str = "default", api_key: str | None 
                 done = "finish_reason" in meta
                 choice: dict = {"index": i, "finish_reason": finish_reason(meta) if done else None}
                 lp = None
-                if req.chat and req.tools is not None:  # a call is known only at the end
+                if req.chat and req.tools is not None:
+                    # a text answer never starts with "{" (the tools grammar): it streams as
+                    # it comes; what starts with "{" is a call, known whole only at the end
                     texts[i] += chunk["text"]
                     choice["delta"] = {}
-                    if done:
+                    if texts[i][:1] not in ("", "{"):
+                        choice["delta"] = {"content": texts[i][shown[i]:]}
+                        shown[i] = len(texts[i])
+                    elif done:
                         calls = parse_calls(texts[i], req.tools)
                         choice["delta"] = {"content": texts[i]} if not calls else {
                             "tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]}
                         if calls:
                             choice["finish_reason"] = "tool_calls"
-                    elif not entries:
+                    if not done and not entries and not choice["delta"].get("content"):
                         continue
                     if req.top_logprobs is not None:
                         lp = chat_logprobs(tok, entries, tops)
