@@ -136,3 +136,23 @@ def test_bad_grammar_is_400_with_line_and_column(client):
                                   extra_body={"grammar": 'start: a\na: "x" | missing\n'})
     r = client.completions.create(model="smol", prompt="Hi", max_tokens=2)
     assert r.choices[0].text is not None  # still serving
+
+
+def test_strict_closes_objects_that_name_their_properties_only():
+    from sglc_runtime.server.tools import strict
+
+    schema = {"type": "object", "properties": {
+        "a": {"type": "object", "properties": {"b": {"type": "integer"}}},
+        "free": {"type": "object"},
+        "list": {"type": "array", "items": {"type": "object", "properties": {"x": {}}}},
+        "open": {"type": "object", "properties": {"y": {}}, "additionalProperties": True}}}
+    s = strict(schema)
+    assert s["additionalProperties"] is False
+    p = s["properties"]
+    assert p["a"]["additionalProperties"] is False
+    assert "additionalProperties" not in p["free"]  # free-form stays free-form
+    assert p["list"]["items"]["additionalProperties"] is False
+    assert p["open"]["additionalProperties"] is True  # an explicit choice is kept
+    jsonschema.validate({"a": {"b": 1}, "free": {"anything": 2}}, s)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"a": {"b": 1, "c": 2}}, s)

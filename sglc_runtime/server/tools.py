@@ -85,19 +85,24 @@ def parse_tools(body: dict) -> Tools | None:
 _JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
+_SUBSCHEMA = ("items", "anyOf", "oneOf", "allOf", "not", "prefixItems", "additionalProperties",
+              "contains", "if", "then", "else")
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+
+
 def strict(schema):
-    """`schema` with every object closed to properties it does not name (as OpenAI's strict
-    mode): the model cannot invent arguments. An explicit additionalProperties is kept."""
+    """`schema` with every object that names its properties closed to others (as OpenAI's
+    strict mode): the model cannot invent arguments. An explicit additionalProperties is kept,
+    and an object naming no properties stays free-form."""
     if isinstance(schema, list):
         return [strict(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: strict(v) if k in ("items", "anyOf", "oneOf", "allOf", "not", "prefixItems")
+    out = {k: strict(v) if k in _SUBSCHEMA
            else {n: strict(v2) for n, v2 in v.items()}
-           if k in ("properties", "$defs", "definitions") and isinstance(v, dict) else v
+           if k in _SCHEMA_MAPS and isinstance(v, dict) else v
            for k, v in schema.items()}
-    if (out.get("type") == "object" or "properties" in out) and \
-            "additionalProperties" not in out:
+    if "properties" in out and "additionalProperties" not in out:
         out["additionalProperties"] = False
     return out
 
