@@ -165,15 +165,19 @@ def _ungrouped(x: torch.Tensor, Tq: int, nq: int) -> torch.Tensor:
     return x.reshape(B, Tq, nq, *rest)
 
 
+def _grouped_mask(mask: torch.Tensor, g: int) -> torch.Tensor:
+    """(B, Tq, L) -> (B, 1, Tq * g, L): a query's visibility for each of its `_grouped` rows."""
+    B, Tq, L = mask.shape
+    return mask[:, :, None, :].expand(B, Tq, g, L).reshape(B, 1, Tq * g, L)
+
+
 def _attend_flash(q, keys, vals, scale, mask, need_lse):
     """`attend` through aten's CPU flash kernel, which also returns the log-sum-exp; grouped
     query heads ride as extra query rows of their KV head (no K/V repeat)."""
-    B, Tq, nq = q.shape[:3]
-    L, nkv = keys.shape[1], keys.shape[2]
-    g = nq // nkv
+    Tq, nq, nkv = q.shape[1], q.shape[2], keys.shape[2]
     bias = None
     if mask is not None:  # the kernel takes an additive mask in q's dtype
-        visible = mask[:, :, None, :].expand(B, Tq, g, L).reshape(B, 1, Tq * g, L)
+        visible = _grouped_mask(mask, nq // nkv)
         bias = torch.zeros(visible.shape, dtype=q.dtype).masked_fill_(~visible, float("-inf"))
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         _grouped(q, nkv), keys.transpose(1, 2), vals.transpose(1, 2), 0.0, False,
@@ -183,29 +187,25 @@ def _attend_flash(q, keys, vals, scale, mask, need_lse):
 
 def _attend_matmul(q, keys, vals, scale, mask, need_lse):
     """`attend` as two batched matmuls around a float32 softmax, in chunks of queries."""
-    B, Tq, nq, hd = q.shape
+    B, Tq, nq = q.shape[:3]
     L, nkv = keys.shape[1], keys.shape[2]
-    g = nq // nkv
     kt = keys.permute(0, 2, 3, 1)  # (B, n_kv, hd, L)
     vh = vals.permute(0, 2, 1, 3)  # (B, n_kv, L, hd)
     step = max(1, _CHUNK_ELEMS // max(1, B * nq * L))
     outs, lses = [], []
     for s in range(0, Tq, step):
-        qc = q[:, s:s + step]
-        tq = qc.shape[1]
-        qh = qc.reshape(B, tq, nkv, g, hd).permute(0, 2, 1, 3, 4).reshape(B, nkv, tq * g, hd)
+        qh = _grouped(q[:, s:s + step], nkv)  # (B, n_kv, tq*g, hd)
+        tq = min(step, Tq - s)
         if SCORES_IN_FLOAT32:
             scores = torch.matmul(qh.float(), kt.float()).mul_(scale)  # (B, n_kv, tq*g, L)
         else:
             scores = torch.matmul(qh, kt).mul_(scale).float()
         if mask is not None:
-            visible = mask[:, s:s + step, None, :].expand(B, tq, g, L).reshape(B, 1, tq * g, L)
-            scores.masked_fill_(~visible, float("-inf"))
+            scores.masked_fill_(~_grouped_mask(mask[:, s:s + step], nq // nkv), float("-inf"))
         if need_lse:
-            lse = scores.logsumexp(-1)  # (B, n_kv, tq*g), float32
-            lses.append(lse.view(B, nkv, tq, g).permute(0, 2, 1, 3).reshape(B, tq, nq))
+            lses.append(_ungrouped(scores.logsumexp(-1), tq, nq))  # float32
         o = torch.matmul(torch.softmax(scores, -1).to(vh.dtype), vh)  # (B, n_kv, tq*g, hd)
-        outs.append(o.view(B, nkv, tq, g, hd).permute(0, 2, 1, 3, 4).reshape(B, tq, nq, hd))
+        outs.append(_ungrouped(o, tq, nq))
     if len(outs) == 1:  # one chunk (every decode step): no concatenating copy
         return outs[0], lses[0] if need_lse else None
     return torch.cat(outs, 1), torch.cat(lses, 1) if need_lse else None

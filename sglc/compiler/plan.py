@@ -54,6 +54,34 @@ class SnapshotState(ProgramState):
         pass
 
 
+class CallerView(StreamExecutor):
+    """The state a compiled program's caller holds (no worker thread): the executor makes it
+    show the program's progress, and the caller's readers wait on it as on an eager state."""
+
+    def show(self, other: StreamExecutor, events: bool = True, done: bool = False) -> None:
+        """Make this state (a caller's view) show `other`'s text, messages and variables and
+        wake whoever waits on them (`events`: on the variables `other` has; `done`: on every
+        variable, and the role is final too)."""
+        with self.cond:
+            self.text_, self.messages_ = other.text_, list(other.messages_)
+            self.variables, self.meta_info = dict(other.variables), dict(other.meta_info)
+            if done:
+                self.cur_role = other.cur_role
+            for name, ev in self.variable_event.items():
+                if done or (events and name in other.variables):
+                    ev.set()
+            self.cond.notify_all()
+
+    def show_piece(self, name: str | None, piece: str) -> None:
+        """A streamed piece of gen `name`'s text, shown before the gen is done."""
+        with self.cond:
+            self.text_ += piece
+            if name is not None:
+                old = self.variables.get(name)
+                self.variables[name] = old + piece if isinstance(old, str) else piece
+            self.cond.notify_all()
+
+
 def _has_model_call(expr) -> bool:
     return any(isinstance(x, (SglGen, SglSelect)) for x in expr.flatten())
 
@@ -191,5 +219,5 @@ class Instance:
         self.shown = -1  # rank of the main-chain node the caller's state shows
 
     @property
-    def mirror(self) -> StreamExecutor:
+    def mirror(self) -> CallerView:
         return self.state.stream_executor

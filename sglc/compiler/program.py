@@ -156,12 +156,11 @@ class CompiledProgram(SglFunction):
         return out
 
     def _instance(self, backend, arguments: dict, defaults, stream: bool, envs=None):
-        from ..lang.interpreter import StreamExecutor
         from ..lang.state import ProgramState
-        from .plan import Envs, Instance
+        from .plan import CallerView, Envs, Instance
 
-        mirror = StreamExecutor(backend, arguments, defaults, stream=stream,
-                                num_api_spec_tokens=self.num_api_spec_tokens, use_thread=False)
+        mirror = CallerView(backend, arguments, defaults, stream=stream,
+                            num_api_spec_tokens=self.num_api_spec_tokens, use_thread=False)
         state = ProgramState(mirror)
         _, _, plan = self._entry_for(arguments)
         return Instance(plan, arguments, state, envs if envs is not None else Envs(self.func))

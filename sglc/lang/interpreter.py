@@ -25,6 +25,7 @@ from .primitives import (
     SglSeparateReasoning,
     SglVarScopeBegin,
     SglVarScopeEnd,
+    split_reasoning,
     var_names,
 )
 from .speculative import Speculation
@@ -149,26 +150,20 @@ class StreamExecutor:
         if self.error_ is not None:
             raise self.error_
         children = []
-        for _ in range(size):
-            c = StreamExecutor(self.backend, self.arguments, self.default_params,
-                               self.chat_template, self.stream, use_thread=self.use_thread)
-            c.text_ = self.text_
-            c.variables = dict(self.variables)
-            c.meta_info = dict(self.meta_info)
-            c.messages_ = list(self.messages_)
-            c.cur_role, c.cur_role_begin_pos = self.cur_role, self.cur_role_begin_pos
+        for _ in range(size):  # (fork branches have no speculation)
+            c = self.copy(stream=self.stream, use_thread=self.use_thread, speculate=False)
             c.fork_start_text_pos = len(self.text_)
             children.append(c)
         return children
 
-    # ---- the worker -------------------------------------------------------------------------
-    # ---- one state as a value: the compiled executor's interface (sglc/compiler) -------------
-    def copy(self) -> StreamExecutor:
-        """A copy of this state (no worker thread) to apply the next expression to; the
-        compiled executor never changes a state in place."""
+    # ---- one state as a value: also the compiled executor's interface (sglc/compiler) -------
+    def copy(self, stream: bool = False, use_thread: bool = False,
+             speculate: bool = True) -> StreamExecutor:
+        """A new executor holding this state's text, messages, variables and open role: a fork
+        branch, or (the defaults: no worker thread) the state the compiled executor applies
+        its next expression to, as it never changes a state in place."""
         c = StreamExecutor(self.backend, self.arguments, self.default_params, self.chat_template,
-                           stream=False, num_api_spec_tokens=self.num_api_spec_tokens,
-                           use_thread=False)
+                           stream, self.num_api_spec_tokens if speculate else None, use_thread)
         c.text_, c.messages_ = self.text_, list(self.messages_)
         c.variables, c.meta_info = dict(self.variables), dict(self.meta_info)
         c.cur_role, c.cur_role_begin_pos = self.cur_role, self.cur_role_begin_pos
@@ -183,29 +178,7 @@ class StreamExecutor:
         """Store a generated value (and its meta info) as variable `name`."""
         self._set(name, value, meta)
 
-    def show(self, other: StreamExecutor, events: bool = True, done: bool = False) -> None:
-        """Make this state (a caller's view) show `other`'s text, messages and variables and
-        wake whoever waits on them (`events`: on the variables `other` has; `done`: on every
-        variable, and the role is final too)."""
-        with self.cond:
-            self.text_, self.messages_ = other.text_, list(other.messages_)
-            self.variables, self.meta_info = dict(other.variables), dict(other.meta_info)
-            if done:
-                self.cur_role = other.cur_role
-            for name, ev in self.variable_event.items():
-                if done or (events and name in other.variables):
-                    ev.set()
-            self.cond.notify_all()
-
-    def show_piece(self, name: str | None, piece: str) -> None:
-        """A streamed piece of gen `name`'s text, shown before the gen is done."""
-        with self.cond:
-            self.text_ += piece
-            if name is not None:
-                old = self.variables.get(name)
-                self.variables[name] = old + piece if isinstance(old, str) else piece
-            self.cond.notify_all()
-
+    # ---- the worker -------------------------------------------------------------------------
     def _worker(self) -> None:
         while True:
             item = self.queue.get()
@@ -404,18 +377,13 @@ class StreamExecutor:
             self.messages_.append({"role": expr.role, "content": content})
 
     def _execute_separate_reasoning(self, expr: SglSeparateReasoning) -> None:
-        """Each target's text `<think>reasoning</think>answer` (the opening tag optional, as
-        reasoning models often start inside it) becomes `answer`, with the reasoning in
-        `{name}_reasoning_content`; text without `</think>` has no reasoning."""
+        """Each target's text becomes its answer, the reasoning going to
+        `{name}_reasoning_content` (`split_reasoning`)."""
         for name in expr.targets:
             text = self.variables.get(name)
             if not isinstance(text, str):
                 raise ProgramError(f"separate_reasoning: {name!r} holds no generated text")
-            reasoning, answer = "", text
-            if "</think>" in text:
-                reasoning, answer = text.split("</think>", 1)
-                reasoning = reasoning.split("<think>", 1)[-1].strip()
-                answer = answer.lstrip()
+            reasoning, answer = split_reasoning(text)
             with self.cond:
                 if self.text_.endswith(text):
                     self.text_ = self.text_[:len(self.text_) - len(text)] + answer

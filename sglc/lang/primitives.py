@@ -29,6 +29,9 @@ _DTYPES = {int: "int", float: "float", bool: "bool", str: "str",
 # gen()'s names for the fields it names differently
 _ARG_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
 
+# The fields that constrain a gen's output; a gen gives at most one.
+CONSTRAINT_FIELDS = ("dtype", "regex", "json_schema", "grammar")
+
 # Keys the engine takes beside `sampling_params` rather than inside it.
 _LOGPROB_KEYS = ("return_logprob", "logprob_start_len", "top_logprobs_num")
 
@@ -126,8 +129,7 @@ class SglSamplingParams:
                 check_grammar(self.grammar)
             except ConstraintError as e:
                 raise ProgramError(str(e)) from None
-        given = [k for k in ("dtype", "regex", "json_schema", "grammar")
-                 if getattr(self, k) is not None]
+        given = [k for k in CONSTRAINT_FIELDS if getattr(self, k) is not None]
         if len(given) > 1:
             raise ProgramError(f"give at most one of dtype, regex, json_schema and grammar, got "
                                f"{' and '.join(given)}")
@@ -338,3 +340,12 @@ def var_names(expr: SglExpr) -> list[str]:
         elif isinstance(x, SglSeparateReasoning):
             names += [n + "_reasoning_content" for n in x.targets]
     return names
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of `<think>reasoning</think>answer` (the opening tag optional, as
+    reasoning models often start inside it); text without `</think>` has no reasoning."""
+    if "</think>" not in text:
+        return "", text
+    reasoning, answer = text.split("</think>", 1)
+    return reasoning.split("<think>", 1)[-1].strip(), answer.lstrip()

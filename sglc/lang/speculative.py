@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from .primitives import ProgramError, SglGen, SglSamplingParams
+from .primitives import CONSTRAINT_FIELDS, ProgramError, SglGen, SglSamplingParams
 
 _MAX_TRIES = 3
 
@@ -52,9 +52,7 @@ class Speculation:
         """(value, meta_info) for a gen, or None when it has no stop string to end it at or a
         constraint (which would hold the speculated text after it too): a normal call then."""
         stops = _stops(params)
-        constrained = any(getattr(params, k) is not None
-                          for k in ("regex", "json_schema", "dtype", "grammar"))
-        if not stops or constrained:
+        if not stops or any(getattr(params, k) is not None for k in CONSTRAINT_FIELDS):
             self.rest = ""
             return None
         meta: dict = {}

@@ -27,14 +27,6 @@ _LL_TOKENIZERS: dict[int, tuple[object, object]] = {}  # id(tokenizer) -> (token
 _LOCK = threading.Lock()
 
 
-def available() -> bool:
-    try:
-        import llguidance  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _llguidance():
     try:
         import llguidance

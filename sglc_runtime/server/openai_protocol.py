@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import InvalidRequestError
-from ..sampling_params import SamplingParams
+from ..sampling_params import CONSTRAINT_KEYS, SamplingParams
 from ..tokenizer import Tokenizer
 from .tools import Tools, call_text, parse_calls, parse_tools, tool_grammar, with_tools
 
@@ -226,7 +226,7 @@ def parse_chat(body: dict, tok: Tokenizer) -> OpenAIRequest:
     messages = [_message_text(i, m) for i, m in enumerate(msgs)]
     req.tools = parse_tools(body)
     if req.tools is not None:
-        given = [k for k in ("regex", "json_schema", "grammar", "ebnf") if k in req.sampling]
+        given = [k for k in CONSTRAINT_KEYS if k in req.sampling]
         if given:
             raise ParamError("tools", f"tools decide the answer's shape; drop {given[0]}")
         messages = with_tools(messages, req.tools)
