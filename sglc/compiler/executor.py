@@ -5,9 +5,9 @@ scheduler loop evaluates the cheap nodes (text, roles, gets, Python expressions,
 soon as their operands are ready, and submits the model calls that became ready in the same
 round together, so the engine sees them at once: a fork's sibling gens (one `group`) go out as
 one `generate_many` call, and a batch's shared constant prefix (`commit {batch=true}`) is
-prefilled once for all instances. States are immutable snapshots (`StreamExecutor`s without a
-worker thread); each op applies the interpreter's own step to a copy, so compiled and eager
-runs produce the same text."""
+prefilled once for all instances. States are immutable `Snapshot`s; each op applies the same
+pure step the eager interpreter applies (`sglc/lang/snapshot.py`), so compiled and eager runs
+produce the same text."""
 
 from __future__ import annotations
 
@@ -22,13 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from ..ir.ops import Op
 from ..lang.backend import BaseBackend
 from ..lang.interpreter import StreamExecutor
-from ..lang.primitives import (
-    SglConstantText,
-    SglSamplingParams,
-    SglSelect,
-    as_expr,
-)
-from .plan import Instance, Plan, SnapshotState, appends_model_call, node_expr
+from ..lang.primitives import SglSamplingParams, as_expr
+from ..lang.snapshot import Snapshot, apply, join, sampling_params
+from .plan import Instance, SnapshotView, appends_model_call, node_expr
 from .segments import run_segment, usable_segment
 
 logger = logging.getLogger(__name__)
@@ -173,9 +169,7 @@ class GraphExecutor:
         if op is Op.CONST:
             return copy.deepcopy(a["value"])
         if op is Op.BEGIN:
-            m = inst.mirror
-            return StreamExecutor(self.backend, m.arguments, m.default_params, m.chat_template,
-                                  num_api_spec_tokens=m.num_api_spec_tokens, use_thread=False)
+            return Snapshot()
         if op is Op.BRANCH:
             return args[0] if bool(args[1]) == a["arm"] else DEAD
         if op is Op.GET:
@@ -183,34 +177,17 @@ class GraphExecutor:
         if op is Op.PY:
             env = dict(inst.env[node.fn])
             for k, v in enumerate(args[1:], 1):
-                env[f"_{k}"] = SnapshotState(v) if isinstance(v, StreamExecutor) else v
+                env[f"_{k}"] = SnapshotView(v) if isinstance(v, Snapshot) else v
             return eval(inst.plan.code[n], env)
         if op is Op.FORK:
             return args[0]
         if op is Op.CHILD:
-            c = args[0].copy()
-            c.fork_start_text_pos = len(c.text_)
-            return c
+            return args[0].fork_child()
         if op is Op.RET:
             return None
-        exe = args[0].copy()
         if op is Op.JOIN:
-            self._join(exe, args[1:], a["mode"])
-        else:
-            exe.apply(node_expr(node, args))
-        return exe
-
-    @staticmethod
-    def _join(exe: StreamExecutor, children: list, mode: str) -> None:
-        if mode == "concate_and_append":
-            for child in children:
-                exe.apply(SglConstantText(child.text_[child.fork_start_text_pos:]))
-            return
-        before = set(exe.variables)
-        for child in children:
-            for k, v in child.variables.items():
-                if k not in before:
-                    exe.variables.setdefault(k, []).append(v)
+            return join(args[0], args[1:], a["mode"])
+        return apply(args[0], node_expr(node, args), inst.mirror.chat_template)
 
     # ---- model calls --------------------------------------------------------------------------
     def _group_member(self, i: int, inst: Instance, n, args, jobs: list) -> None:
@@ -228,7 +205,7 @@ class GraphExecutor:
         if not inst.plan.nodes[n].attrs.get("batch"):
             return jobs.append((i, [n]))
         key = (id(inst.plan), n)
-        if self.plan_count[id(inst.plan)] < 2 or len(state.text_) < MIN_BATCH_PREFIX_CHARS \
+        if self.plan_count[id(inst.plan)] < 2 or len(state.text) < MIN_BATCH_PREFIX_CHARS \
                 or key in self._committed:
             return self._resolve(i, inst, n, state)
         if key not in self._commits:
@@ -243,8 +220,8 @@ class GraphExecutor:
             return self._spawn(i, nodes, lambda: run_segment(self, inst, nodes))
         ins = [inst.values[plan.nodes[n].args[0]] for n in nodes]
         if len(nodes) > 1 and plan.nodes[nodes[0]].op is Op.GEN and self.batched_generate:
-            return self._spawn(i, nodes, lambda: self._gen_many(plan, nodes, ins))
-        for n, exe in zip(nodes, ins):
+            return self._spawn(i, nodes, lambda: self._gen_many(inst, nodes, ins))
+        for n in nodes:
             args = [inst.values[a] for a in plan.nodes[n].args]
             self._spawn(i, [n], lambda n=n, args=args: [self._call(inst, n, args)])
 
@@ -261,60 +238,58 @@ class GraphExecutor:
     def _call(self, inst: Instance, n, args):
         """Run one model op on a pool thread; returns the node's value."""
         node = inst.plan.nodes[n]
+        state, name = args[0], node.attrs.get("name")
         if node.op is Op.COMMIT:
-            if args[0].text_:
-                self.backend.cache_prefix(args[0].text_)
-            return args[0]
-        exe = args[0].copy()
+            if state.text:
+                self.backend.cache_prefix(state.text)
+            return state
         if node.op is Op.SELECT:
             temperature, method = inst.plan.selects[n]
             choices = node.attrs.get("choices", args[1] if len(args) > 1 else None)
-            exe.apply(SglSelect(node.attrs.get("name"), choices, temperature, method))
-        elif node.op is Op.APPEND:
+            decision = self.backend.select(state.text, choices, temperature, method)
+            return state.generated(name, decision.decision, decision.meta_info)
+        if node.op is Op.APPEND:  # a value holding gens or selects: the interpreter runs it
+            m = inst.mirror
+            exe = StreamExecutor(self.backend, m.arguments, m.default_params, m.chat_template,
+                                 use_thread=False, state=state)
             exe.apply(as_expr(args[1]))
-        else:
-            params = self._params(inst.plan, n, exe)
-            if self.stream and n in inst.plan.main:
-                return self._gen_stream(inst, n, exe, params)
-            text, meta = self.backend.generate(exe.text_, params)
-            exe.apply(SglConstantText(text))
-            exe.record(node.attrs.get("name"), text, meta)
-        return exe
+            return exe.state
+        params = self._params(inst, n, state)
+        if self.stream and n in inst.plan.main:
+            return self._gen_stream(inst, n, state, params)
+        text, meta = self.backend.generate(state.text, params)
+        return state.generated(name, text, meta)
 
-    def _params(self, plan: Plan, n, exe: StreamExecutor) -> SglSamplingParams:
-        params = exe.resolve_sampling_params(plan.params[n])
-        extra = plan.nodes[n].attrs.get("extra_stop")
+    def _params(self, inst: Instance, n, state: Snapshot) -> SglSamplingParams:
+        m = inst.mirror
+        params = sampling_params(state, m.default_params, inst.plan.params[n], m.chat_template,
+                                 m.stop_token_ids)
+        extra = inst.plan.nodes[n].attrs.get("extra_stop")
         return params.with_extra_stop(tuple(extra), ()) if extra else params
 
-    def _gen_many(self, plan: Plan, nodes: list, ins: list) -> list:
-        exes = [x.copy() for x in ins]
-        params = [self._params(plan, n, exe) for n, exe in zip(nodes, exes)]
-        outs = self.backend.generate_many([exe.text_ for exe in exes], params)
-        for n, exe, (text, meta) in zip(nodes, exes, outs):
-            exe.apply(SglConstantText(text))
-            exe.record(plan.nodes[n].attrs.get("name"), text, meta)
-        return exes
+    def _gen_many(self, inst: Instance, nodes: list, states: list) -> list:
+        params = [self._params(inst, n, state) for n, state in zip(nodes, states)]
+        outs = self.backend.generate_many([state.text for state in states], params)
+        return [state.generated(inst.plan.nodes[n].attrs.get("name"), text, meta)
+                for n, state, (text, meta) in zip(nodes, states, outs)]
 
-    def _gen_stream(self, inst: Instance, n, exe: StreamExecutor, params) -> StreamExecutor:
+    def _gen_stream(self, inst: Instance, n, state: Snapshot, params) -> Snapshot:
         name = inst.plan.nodes[n].attrs.get("name")
-        self._show(inst, None, exe)
+        self._show(inst, None, state)
         pieces, meta = [], {}
-        for piece, meta in self.backend.generate_stream(exe.text_, params):
+        for piece, meta in self.backend.generate_stream(state.text, params):
             pieces.append(piece)
             inst.mirror.show_piece(name, piece)
-        text = "".join(pieces)
-        exe.apply(SglConstantText(text))
-        exe.record(name, text, meta)
-        return exe
+        return state.generated(name, "".join(pieces), meta)
 
     # ---- the caller's state -------------------------------------------------------------------
-    def _show(self, inst: Instance, n, exe: StreamExecutor) -> None:
-        """Make the caller's state show main-chain state `exe` (streaming)."""
+    def _show(self, inst: Instance, n, state: Snapshot) -> None:
+        """Make the caller's state show main-chain state `state` (streaming)."""
         rank = inst.plan.rank[n] if n is not None else inst.shown
         if rank < inst.shown:
             return
         inst.shown = rank
-        inst.mirror.show(exe, events=n is not None)
+        inst.mirror.show(state, events=n is not None)
 
     def _finish(self, inst: Instance) -> None:
         plan = inst.plan

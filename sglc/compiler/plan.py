@@ -1,11 +1,12 @@
 """What the graph executor runs: a compiled graph's per-program plan (node order, sampling
 parameters, the main chain), the Python environment of its opaque expressions, one program
-instance's node states, and the immutable state snapshots each op is applied to."""
+instance's node states, and the views of snapshots its Python code and its caller see."""
 
 from __future__ import annotations
 
 import operator
 from collections import defaultdict
+from dataclasses import replace
 
 from ..ir.ops import GEN_PARAMS, Op
 from ..lang.interpreter import StreamExecutor
@@ -21,6 +22,7 @@ from ..lang.primitives import (
     SglVarScopeEnd,
     as_expr,
 )
+from ..lang.snapshot import Snapshot
 from ..lang.state import ProgramState
 
 ATTR_TO_FIELD = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
@@ -40,33 +42,63 @@ HELPERS = {"_unpack": _unpack, **{f"_{name}": getattr(operator, name) for name i
     "irshift", "ior", "ixor", "iand")}}
 
 
-class SnapshotState(ProgramState):
-    """A read-only view of one state of a compiled program, as Python code in it sees states."""
+class SnapshotView:
+    """A read-only view of one state (a `Snapshot`) of a compiled program, as Python code in the
+    program sees states: it reads like a `ProgramState` and refuses to be appended to."""
+
+    def __init__(self, snapshot: Snapshot):
+        self.snapshot = snapshot
+
+    def text(self) -> str:
+        return self.snapshot.text
+
+    def messages(self) -> list[dict]:
+        return [dict(m) for m in self.snapshot.messages]
+
+    def get_var(self, name: str):
+        return self.snapshot.get_var(name)
+
+    def get_meta_info(self, name: str):
+        return self.snapshot.meta_info.get(name)
+
+    def error(self) -> None:
+        return None
+
+    def sync(self) -> None:
+        pass
+
+    def __getitem__(self, name: str):
+        return self.snapshot.get_var(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.snapshot.variables
 
     def __iadd__(self, other):
         raise ProgramError("this is a snapshot of a compiled program's state; it cannot be "
                            "appended to here")
 
-    def fork(self, *args, **kwargs):
-        raise ProgramError("a snapshot of a compiled program's state cannot be forked")
+    def __getattr__(self, name: str):
+        if hasattr(ProgramState, name):  # fork, user(...), var_scope, text_iter ...
+            raise ProgramError(f"s.{name}: this is a read-only snapshot of a compiled program's "
+                               "state (it has text(), messages(), s[name], get_meta_info())")
+        raise AttributeError(name)
 
-    def __del__(self):
-        pass
+    def __repr__(self) -> str:
+        return f"SnapshotView({self.snapshot.text!r})"
 
 
 class CallerView(StreamExecutor):
     """The state a compiled program's caller holds (no worker thread): the executor makes it
     show the program's progress, and the caller's readers wait on it as on an eager state."""
 
-    def show(self, other: StreamExecutor, events: bool = True, done: bool = False) -> None:
-        """Make this state (a caller's view) show `other`'s text, messages and variables and
-        wake whoever waits on them (`events`: on the variables `other` has; `done`: on every
-        variable, and the role is final too)."""
+    def show(self, other: Snapshot, events: bool = True, done: bool = False) -> None:
+        """Make this state (a caller's view) show snapshot `other` and wake whoever waits on
+        it (`events`: on the variables `other` has; `done`: on every variable, and the open
+        role is final too)."""
         with self.cond:
-            self.text_, self.messages_ = other.text_, list(other.messages_)
-            self.variables, self.meta_info = dict(other.variables), dict(other.meta_info)
-            if done:
-                self.cur_role = other.cur_role
+            own = self.state
+            self.state = other if done else replace(other, role=own.role,
+                                                    role_begin=own.role_begin)
             for name, ev in self.variable_event.items():
                 if done or (events and name in other.variables):
                     ev.set()
@@ -75,10 +107,9 @@ class CallerView(StreamExecutor):
     def show_piece(self, name: str | None, piece: str) -> None:
         """A streamed piece of gen `name`'s text, shown before the gen is done."""
         with self.cond:
-            self.text_ += piece
-            if name is not None:
-                old = self.variables.get(name)
-                self.variables[name] = old + piece if isinstance(old, str) else piece
+            old = self.state.variables.get(name)
+            self.state = self.state.filled(piece).with_var(
+                name, old + piece if isinstance(old, str) else piece)
             self.cond.notify_all()
 
 

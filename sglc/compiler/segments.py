@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from ..ir.ops import Op
-from ..lang.primitives import SglConstantText
+from ..lang.snapshot import Snapshot, apply
 from .plan import Instance, appends_model_call, node_expr
 
 logger = logging.getLogger(__name__)
@@ -28,8 +28,9 @@ def usable_segment(inst: Instance, segment: list) -> list:
     return segment[:last_gen]
 
 
-def _apply_constant(inst: Instance, node, exe) -> None:
-    exe.apply(node_expr(node, [exe] + [inst.values[a] for a in node.args[1:]]))
+def _apply_constant(inst: Instance, node, state: Snapshot) -> Snapshot:
+    expr = node_expr(node, [state] + [inst.values[a] for a in node.args[1:]])
+    return apply(state, expr, inst.mirror.chat_template)
 
 
 def run_segment(executor, inst: Instance, nodes: list) -> list:
@@ -37,37 +38,35 @@ def run_segment(executor, inst: Instance, nodes: list) -> list:
     states in order, possibly only a prefix of them (see the module docstring)."""
     plan = inst.plan
     start = inst.values[plan.nodes[nodes[0]].args[0]]
-    scratch, steps = start.copy(), []
+    scratch, steps = start, []
     for n in nodes:
         node = plan.nodes[n]
         if node.op is Op.GEN:
-            params = executor._params(plan, n, scratch)
+            params = executor._params(inst, n, scratch)
             if params.n not in (None, 1) or params.to_request()[1]:
                 break  # n > 1 or logprobs: not in a segment
             steps.append(("gen", params))
-            scratch.record(node.attrs.get("name"), "", {})
+            scratch = scratch.with_var(node.attrs.get("name"), "", {})
         else:
-            before = len(scratch.text_)
-            _apply_constant(inst, node, scratch)
-            steps.append(("text", scratch.text_[before:]))
-    if sum(kind == "gen" for kind, _ in steps) < 2 or not start.text_:
+            before = len(scratch.text)
+            scratch = _apply_constant(inst, node, scratch)
+            steps.append(("text", scratch.text[before:]))
+    if sum(kind == "gen" for kind, _ in steps) < 2 or not start.text:
         return [executor._call(inst, nodes[0], [start])]
-    outs = iter(executor.backend.generate_program(start.text_, steps))
-    values, exe, expected = [], start, start.text_
+    outs = iter(executor.backend.generate_program(start.text, steps))
+    values, state, expected = [], start, start.text
     for n, (kind, value) in zip(nodes, steps):
         node = plan.nodes[n]
-        exe = exe.copy()
         if kind == "gen":
-            if exe.text_ != expected:
+            if state.text != expected:
                 logger.debug("segment at %%%s: predicted prompt differs; going on node by node",
                              n)
                 break
             text, meta = next(outs)
-            exe.apply(SglConstantText(text))
-            exe.record(node.attrs.get("name"), text, meta)
+            state = state.generated(node.attrs.get("name"), text, meta)
             expected += text
         else:
-            _apply_constant(inst, node, exe)
+            state = _apply_constant(inst, node, state)
             expected += value
-        values.append(exe)
+        values.append(state)
     return values

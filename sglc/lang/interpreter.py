@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any
 
 from .fork_batch import SglForkGen
 from .primitives import (
@@ -25,22 +24,24 @@ from .primitives import (
     SglSeparateReasoning,
     SglVarScopeBegin,
     SglVarScopeEnd,
-    split_reasoning,
     var_names,
 )
+from .snapshot import Snapshot, apply, join, sampling_params
 from .speculative import Speculation
 
 logger = logging.getLogger(__name__)
 
 
 class StreamExecutor:
-    """Executes a state's expressions against a backend and holds its text, variables, chat
-    messages and the first error. Everything it mutates is guarded by `cond`, which is notified
-    on every change (streaming readers wait on it)."""
+    """Executes a state's expressions against a backend. Its state is one `Snapshot`
+    (`snapshot.py`), replaced at every step; `text_`, `variables`, `messages_` ... read it.
+    The snapshot and the first error are guarded by `cond`, which is notified on every change
+    (streaming readers wait on it)."""
 
     def __init__(self, backend, arguments: dict, default_params: SglSamplingParams,
                  chat_template=None, stream: bool = False,
-                 num_api_spec_tokens: int | None = None, use_thread: bool = True):
+                 num_api_spec_tokens: int | None = None, use_thread: bool = True,
+                 state: Snapshot | None = None):
         self.backend = backend
         self.arguments = arguments
         self.default_params = default_params
@@ -50,16 +51,10 @@ class StreamExecutor:
                      getattr(backend, "speculative_execution", False) else None)
         self.chat_template = chat_template or backend.get_chat_template()
 
-        self.text_ = ""
-        self.variables: dict[str, Any] = {}
-        self.meta_info: dict[str, Any] = {}
+        self.state = state if state is not None else Snapshot()
         self.variable_event: dict[str, threading.Event] = {}
         self._pending: dict[str, int] = {}  # writes of each name submitted but not yet done
-        self.messages_: list[dict] = []
         self.stream_chunks: dict[str, list[tuple[str, dict]]] = {}  # streamed gens, per chunk
-        self.cur_role: str | None = None
-        self.cur_role_begin_pos: int | None = None
-        self.fork_start_text_pos: int | None = None
         self.error_: BaseException | None = None
         self.is_finished = False
         self.cond = threading.Condition()
@@ -73,6 +68,36 @@ class StreamExecutor:
             self.worker = threading.Thread(target=self._worker, daemon=True,
                                            name="sglc-program")
             self.worker.start()
+
+    # ---- the snapshot's fields, read-only ---------------------------------------------------
+    @property
+    def text_(self) -> str:
+        return self.state.text
+
+    @property
+    def variables(self):
+        return self.state.variables
+
+    @property
+    def meta_info(self):
+        return self.state.meta_info
+
+    @property
+    def messages_(self) -> tuple[dict, ...]:
+        return self.state.messages
+
+    @property
+    def cur_role(self) -> str | None:
+        return self.state.role
+
+    @property
+    def fork_start_text_pos(self) -> int | None:
+        return self.state.fork_start
+
+    def _update(self, state: Snapshot) -> None:
+        with self.cond:
+            self.state = state
+            self.cond.notify_all()
 
     # ---- called from the program's thread -----------------------------------------------------
     def submit(self, expr: SglExpr, loc: str | None = None) -> None:
@@ -89,7 +114,7 @@ class StreamExecutor:
         if self.use_thread:
             self.queue.put((expr, loc))
         else:
-            self._execute(expr)
+            self.apply(expr)
 
     def sync(self) -> None:
         """Wait for everything appended so far (for a streamed program: for all of it)."""
@@ -111,23 +136,18 @@ class StreamExecutor:
         if ev is not None:
             ev.wait()
         with self.cond:
-            if name in self.variables:
-                return self.variables[name]
-            if self.error_ is not None:
+            if name not in self.state.variables and self.error_ is not None:
                 raise self.error_
-        raise ProgramError(f"the program has no variable {name!r} (it has: "
-                           f"{', '.join(map(repr, self.variables)) or 'none'})")
+            return self.state.get_var(name)
 
     def set_var(self, name: str, value) -> None:
-        with self.cond:
-            self.variables[name] = value
-            self.cond.notify_all()
+        self._update(self.state.with_var(name, value))
 
     def get_meta_info(self, name: str):
         ev = self.variable_event.get(name)
         if ev is not None:
             ev.wait()
-        return self.meta_info.get(name)
+        return self.state.meta_info.get(name)
 
     def fail(self, err: BaseException) -> None:
         """Record the first error; wake everyone waiting on a variable (they raise it)."""
@@ -139,8 +159,8 @@ class StreamExecutor:
             self.cond.notify_all()
 
     def fork(self, size: int) -> list[StreamExecutor]:
-        """Children start with copies of this state's text, variables and messages. With more
-        than one child the text so far is committed first, so all of them hit the cache."""
+        """Children start from this state's snapshot. With more than one child the text so far
+        is committed first, so all of them hit the cache."""
         size = int(size)
         if size < 1:
             raise ProgramError(f"fork({size}): the number of branches must be >= 1")
@@ -149,34 +169,18 @@ class StreamExecutor:
         self.sync()
         if self.error_ is not None:
             raise self.error_
-        children = []
-        for _ in range(size):  # (fork branches have no speculation)
-            c = self.copy(stream=self.stream, use_thread=self.use_thread, speculate=False)
-            c.fork_start_text_pos = len(self.text_)
-            children.append(c)
-        return children
+        child = self.state.fork_child()
+        return [StreamExecutor(self.backend, self.arguments, self.default_params,
+                               self.chat_template, self.stream, None, self.use_thread, child)
+                for _ in range(size)]  # (fork branches have no speculation)
 
-    # ---- one state as a value: also the compiled executor's interface (sglc/compiler) -------
-    def copy(self, stream: bool = False, use_thread: bool = False,
-             speculate: bool = True) -> StreamExecutor:
-        """A new executor holding this state's text, messages, variables and open role: a fork
-        branch, or (the defaults: no worker thread) the state the compiled executor applies
-        its next expression to, as it never changes a state in place."""
-        c = StreamExecutor(self.backend, self.arguments, self.default_params, self.chat_template,
-                           stream, self.num_api_spec_tokens if speculate else None, use_thread)
-        c.text_, c.messages_ = self.text_, list(self.messages_)
-        c.variables, c.meta_info = dict(self.variables), dict(self.meta_info)
-        c.cur_role, c.cur_role_begin_pos = self.cur_role, self.cur_role_begin_pos
-        c.fork_start_text_pos, c._stop_ids = self.fork_start_text_pos, self._stop_ids
-        return c
+    def gather(self, children: list[StreamExecutor], mode: str) -> None:
+        """Join finished fork branches into this state (`snapshot.join`)."""
+        self._update(join(self.state, [c.state for c in children], mode))
 
     def apply(self, expr: SglExpr) -> None:
-        """Execute `expr` on this state now, on the calling thread."""
+        """Execute `expr` (model calls too) on this state now, on the calling thread."""
         self._execute(expr)
-
-    def record(self, name: str | None, value, meta=None) -> None:
-        """Store a generated value (and its meta info) as variable `name`."""
-        self._set(name, value, meta)
 
     # ---- the worker -------------------------------------------------------------------------
     def _worker(self) -> None:
@@ -208,30 +212,33 @@ class StreamExecutor:
                 x.batch.withdraw(self.backend, x.index)
 
     def _execute(self, expr: SglExpr) -> None:
-        if isinstance(expr, SglConstantText):
-            self._execute_text(expr.value)
-        elif isinstance(expr, SglExprList):
+        if isinstance(expr, SglExprList):
             for x in expr.expr_list:
                 self._execute(x)
+        elif isinstance(expr, SglConstantText):
+            self._execute_text(expr.value)
         elif isinstance(expr, SglGen):
             self._execute_gen(expr)
         elif isinstance(expr, SglSelect):
             self._execute_select(expr)
         elif isinstance(expr, SglRoleBegin):
-            self._execute_role_begin(expr)
+            if self.spec is not None:
+                self.spec.drop()
+            self._update(apply(self.state, expr, self.chat_template))
         elif isinstance(expr, SglRoleEnd):
             self._execute_role_end(expr)
-        elif isinstance(expr, SglVarScopeBegin):
-            self._set(expr.name, len(self.text_), event=False)
-        elif isinstance(expr, SglVarScopeEnd):
-            self._set(expr.name, self.text_[self.variables[expr.name]:])
         elif isinstance(expr, SglCommitLazy):
-            if self.text_:
-                self.backend.cache_prefix(self.text_)
+            if self.state.text:
+                self.backend.cache_prefix(self.state.text)
         elif isinstance(expr, SglConcateAndAppend):
             self._execute_concate_and_append(expr)
-        elif isinstance(expr, SglSeparateReasoning):
-            self._execute_separate_reasoning(expr)
+        elif isinstance(expr, (SglVarScopeBegin, SglVarScopeEnd, SglSeparateReasoning)):
+            self._update(apply(self.state, expr, self.chat_template))
+            if isinstance(expr, SglVarScopeEnd):  # (a scope's begin stores its offset only)
+                self._done_writing(expr.name)
+            elif isinstance(expr, SglSeparateReasoning):
+                for name in var_names(expr):
+                    self._done_writing(name)
         else:
             raise ProgramError(f"cannot execute {expr!r}")
 
@@ -241,54 +248,55 @@ class StreamExecutor:
                 self.spec.defer_text(value)
                 return
             self.spec.on_text(value)
-        self._fill(value)
+        self._update(self.state.filled(value))
 
     def _chat_spec_turn(self) -> bool:
         """Whether this state collects an assistant turn for one speculative chat call."""
         return (self.spec is not None and self.backend.is_chat_model
-                and self.cur_role == "assistant")
+                and self.state.role == "assistant")
 
     def _prompt(self, primitive: str = "gen"):
         """What the backend continues: the text so far, or for a chat-model backend the messages
         so far (the gen must open an assistant turn)."""
+        st = self.state
         if not self.backend.is_chat_model:
-            return self.text_
-        if self.cur_role != "assistant" or self.text_[self.cur_role_begin_pos:].strip():
+            return st.text
+        if st.role != "assistant" or st.text[st.role_begin:].strip():
             raise ProgramError(
                 f"{primitive} on the chat model {self.backend!r} must come right after "
                 "sgl.assistant (as in s += sgl.assistant(sgl.gen('answer'))), or the program "
                 "needs @function(num_api_spec_tokens=N) to fill a written turn")
-        return list(self.messages_)
+        return list(st.messages)
 
-    def _fill(self, value: str) -> None:
+    def _generated(self, name: str | None, text: str, meta=None, shown=None) -> None:
+        """A model call produced `text` for variable `name` (`shown`: the text appended, when
+        it is not `text`); wake its readers."""
         with self.cond:
-            self.text_ += value
+            self.state = self.state.filled(text if shown is None else shown).with_var(
+                name, text, meta)
+            self._done_writing(name)
             self.cond.notify_all()
 
-    def _set(self, name: str | None, value, meta=None, event: bool = True) -> None:
+    def _done_writing(self, name: str | None) -> None:
+        """One submitted write of `name` is done; after the last one its readers wake."""
         if name is None:
             return
         with self.cond:
-            self.variables[name] = value
-            if meta is not None:
-                self.meta_info[name] = meta
-            if event:
-                left = self._pending.get(name, 0) - 1
-                self._pending[name] = max(left, 0)
-                if left <= 0:
-                    self.variable_event.setdefault(name, threading.Event()).set()
+            left = self._pending.get(name, 0) - 1
+            self._pending[name] = max(left, 0)
+            if left <= 0:
+                self.variable_event.setdefault(name, threading.Event()).set()
             self.cond.notify_all()
 
-    def resolve_sampling_params(self, params: SglSamplingParams) -> SglSamplingParams:
-        """The program's defaults overlaid with the gen's own; in an assistant turn the chat
-        template's end-of-turn also stops generation."""
-        merged = self.default_params.merge(params)
-        if self.cur_role != "assistant":
-            return merged
-        stop_strs = tuple(self.chat_template.stop_str)
+    def stop_token_ids(self, stop_strs: tuple[str, ...]) -> tuple[int, ...]:
         if self._stop_ids is None:
             self._stop_ids = self.backend.stop_token_ids(stop_strs)
-        return merged.with_extra_stop(stop_strs, self._stop_ids)
+        return self._stop_ids
+
+    def resolve_sampling_params(self, params: SglSamplingParams) -> SglSamplingParams:
+        """The program's defaults overlaid with the gen's own (`snapshot.sampling_params`)."""
+        return sampling_params(self.state, self.default_params, params, self.chat_template,
+                               self.stop_token_ids)
 
     def _execute_gen(self, expr: SglGen) -> None:
         if isinstance(expr, SglForkGen):  # fork branches have no speculation
@@ -299,96 +307,53 @@ class StreamExecutor:
                 expr.batch.withdraw(self.backend, expr.index)
                 raise
             comp, meta = expr.batch.generate(self.backend, expr.index, prompt, params)
-            self._fill(comp)
-            self._set(expr.name, comp, meta)
-            return
+            return self._generated(expr.name, comp, meta)
         params = self.resolve_sampling_params(expr.sampling_params)
         if self._chat_spec_turn():
             self.spec.defer_gen(expr, params)
             return
         if self.spec is not None:
-            out = self.spec.completion_gen(self.backend, self.text_, params)
+            out = self.spec.completion_gen(self.backend, self.state.text, params)
             if out is not None:
-                self._fill(out[0])
-                self._set(expr.name, out[0], out[1])
-                return
+                return self._generated(expr.name, out[0], out[1])
         prompt = self._prompt()
         if not self.stream:
             comp, meta = self.backend.generate(prompt, params)
-            if isinstance(comp, list):  # n > 1: the variable holds every sample
-                self._fill(comp[0])
-            else:
-                self._fill(comp)
-            self._set(expr.name, comp, meta)
-            return
-        name = expr.name
+            # n > 1: the variable holds every sample, the text shows the first
+            return self._generated(expr.name, comp, meta,
+                                   comp[0] if isinstance(comp, list) else None)
+        name, meta, text = expr.name, {}, ""
         with self.cond:
-            if name is not None:
-                self.variables[name] = ""
-        meta = {}
+            self.state = self.state.with_var(name, "")
         for piece, meta in self.backend.generate_stream(prompt, params):
+            text += piece
             with self.cond:
-                self.text_ += piece
-                if name is not None:
-                    self.variables[name] += piece
-                    self.meta_info[name] = meta
-                    if piece:
-                        self.stream_chunks.setdefault(name, []).append((piece, meta))
+                self.state = self.state.filled(piece).with_var(name, text, meta)
+                if piece and name is not None:
+                    self.stream_chunks.setdefault(name, []).append((piece, meta))
                 self.cond.notify_all()
-        self._set(name, self.variables.get(name, ""), meta)
+        with self.cond:
+            self.state = self.state.with_var(name, text, meta)
+            self._done_writing(name)
 
     def _execute_select(self, expr: SglSelect) -> None:
         if self.spec is not None:
             self.spec.drop()
-        decision = self.backend.select(self.text_, expr.choices, expr.temperature,
+        decision = self.backend.select(self.state.text, expr.choices, expr.temperature,
                                        expr.choices_method)
-        self._fill(decision.decision)
-        self._set(expr.name, decision.decision, decision.meta_info)
-
-    def _execute_role_begin(self, expr: SglRoleBegin) -> None:
-        if self.cur_role is not None:
-            raise ProgramError(f"role {expr.role!r} begins inside role {self.cur_role!r}; "
-                               "roles do not nest")
-        default_system = self.chat_template.default_system_prompt
-        if not self.messages_ and expr.role != "system" and default_system:
-            self._execute_role_begin(SglRoleBegin("system"))
-            self._fill(default_system)
-            self._execute_role_end(SglRoleEnd("system"))
-        prefix, _ = self.chat_template.get_prefix_and_suffix(expr.role, self.messages_)
-        if self.spec is not None:
-            self.spec.drop()
-        self.cur_role = expr.role
-        self._fill(prefix)
-        self.cur_role_begin_pos = len(self.text_)
+        self._generated(expr.name, decision.decision, decision.meta_info)
 
     def _execute_role_end(self, expr: SglRoleEnd) -> None:
-        if self.cur_role != expr.role:
-            raise ProgramError(f"role {expr.role!r} ends but the open role is {self.cur_role!r}")
+        if self.state.role != expr.role:
+            raise ProgramError(f"role {expr.role!r} ends but the open role is "
+                               f"{self.state.role!r}")
         if self._chat_spec_turn():
-            for text, gen, meta in self.spec.finish_turn(self.backend, list(self.messages_)):
-                self._fill(text)
+            for text, gen, meta in self.spec.finish_turn(self.backend, list(self.state.messages)):
                 if gen is not None:
-                    self._set(gen.name, text, meta)
-        content = self.text_[self.cur_role_begin_pos:].lstrip()
-        _, suffix = self.chat_template.get_prefix_and_suffix(expr.role, self.messages_)
-        self.cur_role = None
-        self._fill(suffix)
-        with self.cond:
-            self.messages_.append({"role": expr.role, "content": content})
-
-    def _execute_separate_reasoning(self, expr: SglSeparateReasoning) -> None:
-        """Each target's text becomes its answer, the reasoning going to
-        `{name}_reasoning_content` (`split_reasoning`)."""
-        for name in expr.targets:
-            text = self.variables.get(name)
-            if not isinstance(text, str):
-                raise ProgramError(f"separate_reasoning: {name!r} holds no generated text")
-            reasoning, answer = split_reasoning(text)
-            with self.cond:
-                if self.text_.endswith(text):
-                    self.text_ = self.text_[:len(self.text_) - len(text)] + answer
-            self._set(name, answer, self.meta_info.get(name), event=False)
-            self._set(name + "_reasoning_content", reasoning)
+                    self._generated(gen.name, text, meta)
+                else:
+                    self._update(self.state.filled(text))
+        self._update(apply(self.state, expr, self.chat_template))
 
     def _execute_concate_and_append(self, expr: SglConcateAndAppend) -> None:
         for state in expr.states:
@@ -396,4 +361,4 @@ class StreamExecutor:
             child.sync()
             if child.error_ is not None:
                 raise child.error_
-            self._fill(child.text_[child.fork_start_text_pos:])
+            self._update(self.state.filled(child.state.branch_text()))

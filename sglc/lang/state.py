@@ -93,7 +93,7 @@ class ProgramState:
     def messages(self) -> list[dict]:
         """The chat turns so far in OpenAI form: [{"role": ..., "content": ...}, ...]."""
         self.stream_executor.sync()
-        return list(self.stream_executor.messages_)
+        return [dict(m) for m in self.stream_executor.messages_]
 
     def sync(self) -> None:
         self.stream_executor.sync()
@@ -228,12 +228,7 @@ class ProgramStateGroup:
         if mode == "gather_variable":
             src = self.src_state.stream_executor
             src.sync()
-            before = set(src.variables)
-            for child in self.states:
-                child_vars = child.stream_executor.variables
-                for k in child_vars:
-                    if k not in before:
-                        src.variables.setdefault(k, []).append(child_vars[k])
+            src.gather([child.stream_executor for child in self.states], mode)
         elif mode == "concate_and_append":
             self.src_state._append(SglConcateAndAppend(self.states), caller_location())
             self.src_state.sync()
