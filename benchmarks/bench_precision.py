@@ -56,7 +56,7 @@ NEAR_TIE = 0.05
 
 def child(config: str, new: int) -> dict:
     """One configuration's greedy answers and speeds (runs in its own process)."""
-    import sglc_runtime.attention as attention
+    import sglc_runtime.attention.torch_attention as attention
     from sglc_runtime.engine import Engine
 
     attention.SCORES_IN_FLOAT32 = config not in ("bf16_scores", "bf16_both")
@@ -65,7 +65,7 @@ def child(config: str, new: int) -> dict:
                "bf16_both": "matmul", "matmul": "matmul"}.get(config, "auto")
     eng = Engine(engine_in_process=True, attention_backend=backend,
                  disable_fp32_logits=config in ("bf16_logits", "bf16_both"))
-    attention_used = eng.core.runner.attention
+    attention_used = eng.core.runner.attention.name
     tok = eng.tokenizer
     answers = []
     for q in QUESTIONS:

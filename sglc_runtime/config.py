@@ -77,8 +77,8 @@ class EngineConfig:
     disable_radix_cache: bool = False
     schedule_policy: str = "lpm"
     disable_regex_jump_forward: bool = False
-    disable_cascade_attention: bool = False  # attend a batch's shared prefix once (attention.py)
-    # attention (attention.py): "sdpa" torch's fused kernels; "matmul" `attend` for 16-bit
+    disable_cascade_attention: bool = False  # attend a batch's shared prefix once (attention/)
+    # attention (attention/): "sdpa" torch's fused kernels; "matmul" `attend` for 16-bit
     # floats on the CPU; "triton" decode reads the KV pool in place (CUDA); "torch" = SDPA on
     # CUDA, the CPU's faster of sdpa/matmul; "auto" = triton on CUDA when the package is
     # there, else as "torch" (on the CPU the runner times both once: fastest_cpu_attention)

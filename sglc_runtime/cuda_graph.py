@@ -4,7 +4,9 @@ bound by kernel launches (~1000 per step, measured ~25 ms of CPU on an H100 agai
 GPU work); a replay launches them all at once.
 
 Padding rows read token 0 at position 0, write their K/V to the scratch slot 0 and see only
-slot 0; their logits are dropped. Cascade (shared-prefix) batches run eagerly."""
+slot 0; their logits are dropped. The attention backend owns its metadata's static buffers
+(`AttentionBackend.init_graph_state` and friends). Cascade (shared-prefix) batches run
+eagerly."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import logging
 
 import torch
 
+from .attention import AttentionBackend
 from .forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
@@ -24,7 +27,7 @@ class CudaGraphRunner:
     """`can_run(fb)` says whether a batch fits; `run(fb)` returns its logits (b, vocab)."""
 
     def __init__(self, model, pool, max_batch: int, max_len: int, device: str,
-                 attention: str = "sdpa"):
+                 attention: AttentionBackend):
         self.model, self.pool = model, pool
         self.max_batch = max(b for b in BATCH_BUCKETS if b <= max(1, max_batch))
         self.max_len = -(-max_len // LEN_STEP) * LEN_STEP
@@ -32,19 +35,17 @@ class CudaGraphRunner:
         self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
         self.positions = torch.zeros(n, dtype=torch.int64, device=device)
         self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)
-        self.kv_indices = torch.zeros(n, L, dtype=torch.int64, device=device)
-        self.kv_mask = torch.zeros(n, 1, 1, L, dtype=torch.bool, device=device)
-        self.kv_lens = torch.ones(n, dtype=torch.int64, device=device)
         self.attention = attention
+        attention.init_graph_state(n, L, device)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool_handle = None
 
     def can_run(self, fb: ForwardBatch) -> bool:
-        return (fb.is_decode and not fb.shared_len and fb.batch_size <= self.max_batch
-                and fb.padded_kv_indices.shape[1] <= self.max_len)
+        return fb.is_decode and fb.attention is self.attention and \
+            self.attention.can_capture(fb.attn, self.max_batch, self.max_len)
 
     def run(self, fb: ForwardBatch) -> torch.Tensor:
-        b, cur = fb.batch_size, fb.padded_kv_indices.shape[1]
+        b, cur = fb.batch_size, fb.attn.padded_kv_indices.shape[1]
         bs = next(x for x in BATCH_BUCKETS if x >= b)
         L = -(-cur // LEN_STEP) * LEN_STEP
         self.input_ids[:bs].zero_()
@@ -53,13 +54,7 @@ class CudaGraphRunner:
         self.positions[:b] = fb.positions
         self.out_cache_loc[:bs].zero_()
         self.out_cache_loc[:b] = fb.out_cache_loc
-        self.kv_indices[:bs, :L].zero_()
-        self.kv_indices[:b, :cur] = fb.padded_kv_indices
-        self.kv_mask[:bs, ..., :L].zero_()
-        self.kv_mask[:b, ..., :cur] = True if fb.kv_mask is None else fb.kv_mask
-        self.kv_mask[b:bs, ..., 0] = True  # padding rows attend the scratch slot
-        self.kv_lens[:bs].fill_(1)
-        self.kv_lens[:b] = fb.kv_lens
+        self.attention.load_graph_metadata(fb.attn, bs, L)
         key = (bs, L)
         if key not in self.graphs:
             self.graphs[key] = self._capture(bs, L)
@@ -69,10 +64,8 @@ class CudaGraphRunner:
 
     def _static_batch(self, bs: int, L: int) -> ForwardBatch:
         return ForwardBatch(True, self.input_ids[:bs], self.positions[:bs],
-                            self.out_cache_loc[:bs], [0] * bs, [1] * bs, [],
-                            padded_kv_indices=self.kv_indices[:bs, :L],
-                            kv_mask=self.kv_mask[:bs, :, :, :L], kv_lens=self.kv_lens[:bs],
-                            attention=self.attention)
+                            self.out_cache_loc[:bs], [0] * bs, [1] * bs, self.attention,
+                            self.attention.graph_metadata(bs, L))
 
     def _capture(self, bs: int, L: int):
         fb = self._static_batch(bs, L)

@@ -10,7 +10,8 @@ import difflib
 import importlib.resources
 import logging
 import queue
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .config import EngineConfig
 from .continuation import Continuation, parse_program

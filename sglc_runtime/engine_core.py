@@ -183,7 +183,7 @@ class EngineCore:
                 t, lp = sample(logits[i:i + 1], [r], self.eos_ids, need_lp)
                 ids.append(t[0])
                 lps.append(None if lp is None else lp[0])
-            except Exception as e:  # noqa: BLE001 - this request's alone
+            except Exception as e:
                 logger.exception("request %d failed in sampling", r.rid)
                 self.fail(r, e)
                 ids.append(None)

@@ -8,7 +8,6 @@ from .request import Req
 from .scheduler import Scheduler
 from .tokenizer import IncrementalDecoder, Tokenizer, whole_chars
 
-
 MAX_BYTES_PER_TOKEN = 64  # a bound on one token's bytes, to cap the jump to the token budget
 
 

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from .attention import fastest_cpu_attention
+from .attention import create_attention_backend
 from .config import EngineConfig, ModelConfig
 from .cuda_graph import CudaGraphRunner
 from .forward_batch import ForwardBatch, build_forward_batch
@@ -105,9 +105,8 @@ class ModelRunner:
         self.req_pool = ReqToTokenPool(cfg.max_running_requests + 1, self.context_length + 1,
                                        cfg.device)
         logger.info("KV pool: %d token slots (%.0f MB)", size, self._bytes_per_token() * size / 1e6)
-        self.attention = cfg.attention_backend  # resolved: sdpa, matmul or triton
-        if self.attention == "auto":  # the CPU's faster implementation for the model's dtype
-            self.attention = fastest_cpu_attention(cfg.dtype)
+        # config resolved "auto" on CUDA; on the CPU the faster implementation for the dtype
+        self.attention = create_attention_backend(cfg.attention_backend, cfg.dtype)
         self.cuda_graphs = None
         if cfg.device == "cuda" and not cfg.disable_cuda_graph:
             self.cuda_graphs = CudaGraphRunner(self.model, self.kv_pool, cfg.cuda_graph_max_bs,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -33,7 +34,7 @@ class Req:
     return_logprob: bool = False
     logprob_start_len: int = -1  # first prompt position whose logprob is returned (-1: none)
     top_logprobs_num: int = 0
-    on_update: Callable[["Req"], None] | None = None  # called (engine thread) after new output
+    on_update: Callable[[Req], None] | None = None  # called (engine thread) after new output
     rid: int = field(default_factory=lambda: next(_ids))
 
     status: ReqStatus = ReqStatus.WAITING

@@ -43,7 +43,7 @@ class SamplingParams:
     stop_patterns: list[re.Pattern] = field(default_factory=list, init=False, repr=False)
 
     @classmethod
-    def from_dict(cls, d: "dict | SamplingParams | None") -> "SamplingParams":
+    def from_dict(cls, d: dict | SamplingParams | None) -> SamplingParams:
         """Build from a dict, raising on unknown keys (named) instead of ignoring them; a key
         whose value is None takes its default (SGLang's frontend sends unset fields as None)."""
         if d is None:

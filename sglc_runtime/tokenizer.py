@@ -8,7 +8,8 @@ from pathlib import Path
 
 import jinja2
 import jinja2.sandbox
-from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import InvalidRequestError, ModelLoadError
 
@@ -47,7 +48,7 @@ class Tokenizer:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_gguf(cls, reader) -> "Tokenizer":
+    def from_gguf(cls, reader) -> Tokenizer:
         """Build the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata."""
 
         def get(key, default=None):
@@ -80,7 +81,7 @@ class Tokenizer:
                    get("tokenizer.chat_template"), bool(get("tokenizer.ggml.add_bos_token", False)))
 
     @classmethod
-    def from_folder(cls, folder: Path, eos_token_ids: tuple[int, ...], bos_token_id) -> "Tokenizer":
+    def from_folder(cls, folder: Path, eos_token_ids: tuple[int, ...], bos_token_id) -> Tokenizer:
         """Load tokenizer.json (+ tokenizer_config.json's chat template) from a HF folder."""
         if not (folder / "tokenizer.json").exists():
             raise ModelLoadError(f"{folder} has no tokenizer.json")

@@ -7,9 +7,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from sglc_runtime import attention
-from sglc_runtime.attention import attend, paged_attention
-from sglc_runtime.forward_batch import MIN_SHARED_PREFIX, build_forward_batch
+
+from sglc_runtime.attention import (
+    MIN_SHARED_PREFIX,
+    TorchAttention,
+    attend,
+    paged_attention,
+    torch_attention,
+)
+from sglc_runtime.forward_batch import build_forward_batch
 from sglc_runtime.kv_pool import TokenToKVPool
 
 N_Q, N_KV, HD = 6, 2, 16
@@ -41,7 +47,7 @@ def test_attend_in_query_chunks_is_the_same(monkeypatch):
     q, k, v = (torch.randn(1, 33, N_Q, HD, generator=g), torch.randn(1, 40, N_KV, HD, generator=g),
                torch.randn(1, 40, N_KV, HD, generator=g))
     whole = attend(q, k, v, 0.25)
-    monkeypatch.setattr(attention, "_CHUNK_ELEMS", 500)  # a few queries per chunk
+    monkeypatch.setattr(torch_attention, "_CHUNK_ELEMS", 500)  # a few queries per chunk
     chunked = attend(q, k, v, 0.25)
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b)
@@ -82,10 +88,10 @@ def test_cascade_equals_per_request_attention(contiguous_prefix, extend_lens, im
     outs = []
     for cascade in (True, False):
         fb = build_forward_batch(table.clone(), is_decode, reqs, extend_lens, out_loc, "cpu",
-                                 cascade=cascade, attention=impl)
-        assert (fb.shared_len == MIN_SHARED_PREFIX + 9) == cascade
+                                 cascade=cascade, attention=TorchAttention(impl))
+        assert (fb.attn.shared_len == MIN_SHARED_PREFIX + 9) == cascade
         if cascade:
-            assert isinstance(fb.shared_kv, slice) == contiguous_prefix
+            assert isinstance(fb.attn.shared_kv, slice) == contiguous_prefix
         outs.append(paged_attention(0, q, k, v, fb, pool, HD ** -0.5))
     torch.testing.assert_close(outs[0], outs[1], atol=2e-5, rtol=1e-5)
 
@@ -94,9 +100,9 @@ def test_no_cascade_when_prefixes_differ_or_are_short():
     _, table, reqs, free = _setup(True, seed=0)
     table[2, 5] = free[-1]  # request 2 diverges at position 5: common prefix < minimum
     fb = build_forward_batch(table, True, reqs, [1] * 4, torch.tensor(free[:4]), "cpu")
-    assert fb.shared_len == 0
+    assert fb.attn.shared_len == 0
     fb = build_forward_batch(table, True, reqs[:1], [1], torch.tensor(free[4:5]), "cpu")
-    assert fb.shared_len == 0  # a single request has nothing to share
+    assert fb.attn.shared_len == 0  # a single request has nothing to share
 
 
 def _batch_on_pool(dtype, extend_lens, prefix_lens, seed):
@@ -135,9 +141,9 @@ def test_bfloat16_attention_matches_float32(extend_lens, prefix_lens, impl, monk
     for dtype in (torch.float32, torch.bfloat16):
         pool, fb, q, k, v = _batch_on_pool(dtype, extend_lens, prefix_lens, seed=len(prefix_lens))
         if dtype == torch.bfloat16:
-            fb.attention = impl
+            fb.attention = TorchAttention(impl)
             if impl == "matmul":
-                monkeypatch.setattr(attention, "_sdpa", None)  # must not be reached
+                monkeypatch.setattr(torch_attention, "_sdpa", None)  # must not be reached
         outs[dtype] = paged_attention(0, q, k, v, fb, pool, HD ** -0.5)
     assert outs[torch.bfloat16].dtype == torch.bfloat16
     torch.testing.assert_close(outs[torch.bfloat16].float(), outs[torch.float32],
@@ -145,8 +151,8 @@ def test_bfloat16_attention_matches_float32(extend_lens, prefix_lens, impl, monk
 
 
 def test_fastest_cpu_attention_picks_one_of_the_two():
-    assert attention.fastest_cpu_attention(torch.float32) == "sdpa"
-    assert attention.fastest_cpu_attention(torch.bfloat16) in ("sdpa", "matmul")
+    assert torch_attention.fastest_cpu_attention(torch.float32) == "sdpa"
+    assert torch_attention.fastest_cpu_attention(torch.bfloat16) in ("sdpa", "matmul")
 
 
 def test_unknown_attention_backend_is_named():
@@ -159,9 +165,43 @@ def test_unknown_attention_backend_is_named():
 
 def test_one_short_decode_row_uses_sdpa_in_bfloat16(monkeypatch):
     pool, fb, q, k, v = _batch_on_pool(torch.bfloat16, [1], [20], seed=0)
-    fb.attention = "matmul"
+    fb.attention = TorchAttention("matmul")
     calls = []
-    real = attention._sdpa
-    monkeypatch.setattr(attention, "_sdpa", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = torch_attention._sdpa
+    monkeypatch.setattr(torch_attention, "_sdpa", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     paged_attention(0, q, k, v, fb, pool, HD ** -0.5)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("impl", ["matmul", "sdpa"])
+def test_graph_metadata_replays_a_decode_batch_padded_to_its_bucket(impl):
+    """What a CUDA graph replays (cuda_graph.py), on the CPU: a decode batch's metadata copied
+    into the backend's static buffers and the batch padded to a bucket of rows and keys
+    (padding rows write and see only the scratch slot 0) gives the live batch's output."""
+    from sglc_runtime.forward_batch import ForwardBatch
+
+    backend = TorchAttention(impl)
+    pool, fb, q, k, v = _batch_on_pool(torch.bfloat16, [1, 1, 1], [5, 140, 37], seed=3)
+    fb.attention = backend
+    live = paged_attention(0, q, k, v, fb, pool, HD ** -0.5)
+    backend.init_graph_state(8, 512, "cpu")
+    assert backend.can_capture(fb.attn, 8, 512) and not backend.can_capture(fb.attn, 2, 512)
+    assert not backend.can_capture(fb.attn, 8, 128)  # 141 keys do not fit
+    bs, L = 4, 256
+    backend.load_graph_metadata(fb.attn, bs, L)
+
+    def pad(x):  # padding rows hold garbage: it must not reach the real rows
+        return torch.cat([x, torch.full((bs - 3, *x.shape[1:]), 7.0, dtype=x.dtype)])
+
+    static = ForwardBatch(True, torch.zeros(bs, dtype=torch.int64), torch.zeros(bs),
+                          torch.cat([fb.out_cache_loc, torch.zeros(bs - 3, dtype=torch.int64)]),
+                          [0] * bs, [1] * bs, backend, backend.graph_metadata(bs, L))
+    replayed = paged_attention(0, pad(q), pad(k), pad(v), static, pool, HD ** -0.5)
+    torch.testing.assert_close(replayed[:3], live, atol=2e-3, rtol=2e-2)  # (bf16 blocking)
+    assert bool((replayed[3:] == 7.0).all())  # a padding row saw only its own slot-0 value
+
+
+def test_cascade_batches_are_not_captured():
+    _, table, reqs, free = _setup(True, seed=0)
+    fb = build_forward_batch(table, True, reqs, [1] * 4, torch.tensor(free[:4]), "cpu")
+    assert fb.attn.shared_len and not fb.attention.can_capture(fb.attn, 8, 512)

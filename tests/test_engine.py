@@ -279,7 +279,7 @@ def test_triton_decode_attention_equals_torch_backend(engine):
     from sglc_runtime.engine import Engine
 
     engine = Engine(dtype="float32", engine_in_process=True)  # its runner is inspected
-    assert engine.core.runner.attention == "triton"
+    assert engine.core.runner.attention.name == "triton"
     prompts = [engine.tokenizer.encode(p) for p in ["The capital of France is", "def add(a, b):"]]
     sp = {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True}
     plain = Engine(dtype="float32", attention_backend="torch")

@@ -85,14 +85,13 @@ def local_engine():
 def test_greedy_matches_hf_with_cascade_attention(local_engine, hf_model, monkeypatch):
     """Requests sharing a cached prefix longer than MIN_SHARED_PREFIX attend it once per batch
     (cascade); their tokens must still be HF's."""
-    from sglc_runtime import attention
-    from sglc_runtime.forward_batch import MIN_SHARED_PREFIX
+    from sglc_runtime.attention import MIN_SHARED_PREFIX, torch_attention
 
     engine = local_engine
 
     calls = []
-    real = attention._cascade
-    monkeypatch.setattr(attention, "_cascade", lambda *a: calls.append(1) or real(*a))
+    real = torch_attention.cascade
+    monkeypatch.setattr(torch_attention, "cascade", lambda *a: calls.append(1) or real(*a))
     prompts = [LONG_SHARED + f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
                for q in ["What is 2+2?", "Name a color.", "Who wrote Hamlet?",
                          "Why is the sky blue?"]]

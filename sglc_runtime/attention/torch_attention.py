@@ -1,4 +1,5 @@
-"""Attention over the paged KV pool, in plain PyTorch (the reference and the CPU path).
+"""Attention over the paged KV pool in plain PyTorch (`TorchAttention`'s math; the reference and
+the CPU path).
 
 Two implementations of the same math on the CPU for 16-bit floats, picked per machine
 (`fastest_cpu_attention`, or --attention-backend sdpa|matmul): "sdpa", torch's fused flash
@@ -25,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .forward_batch import ForwardBatch
-from .kv_pool import TokenToKVPool
+from .metadata import AttentionMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -93,21 +93,6 @@ def _sdpa(q, k, v, **kw) -> torch.Tensor:
         with sdpa_kernel(_CUDA_BACKENDS):
             return F.scaled_dot_product_attention(q, k, v, **kw)
     return F.scaled_dot_product_attention(q, k, v, **kw)
-
-
-def paged_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    fb: ForwardBatch, pool: TokenToKVPool, scale: float) -> torch.Tensor:
-    """Write the new tokens' K/V into the pool, then attend over each request's whole sequence.
-
-    q: (T, n_q, hd); k, v: (T, n_kv, hd). Returns (T, n_q, hd).
-    """
-    pool.set_kv(layer, fb.out_cache_loc, k, v)
-    kbuf, vbuf = pool.k_buffer[layer], pool.v_buffer[layer]
-    if fb.shared_len:
-        return _cascade(q, kbuf, vbuf, fb, scale)
-    if fb.is_decode:
-        return _decode(q, kbuf, vbuf, fb, scale)
-    return _extend(q, kbuf, vbuf, fb, scale)
 
 
 def gather(buf: torch.Tensor, idx) -> torch.Tensor:
@@ -211,38 +196,35 @@ def _attend_matmul(q, keys, vals, scale, mask, need_lse):
     return torch.cat(outs, 1), torch.cat(lses, 1) if need_lse else None
 
 
-def _decode(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
+def decode(q, kbuf, vbuf, md: AttentionMetadata, scale: float, impl: str) -> torch.Tensor:
     """One query per request (q: (b, n_q, hd)) over 0-padded, masked key lists."""
-    idx = fb.padded_kv_indices  # (b, L)
-    if fb.attention == "triton":  # reads the pool in place instead of gathering K/V
-        from .kernels.decode_attention import decode_attention
-
-        return decode_attention(q, kbuf, vbuf, idx, fb.kv_lens, scale)
+    idx = md.padded_kv_indices  # (b, L)
     one_short_row = q.shape[0] == 1 and idx.shape[1] <= _SDPA_ONE_ROW_MAX_KEYS
-    if not use_sdpa(q, fb.attention) and not one_short_row:
-        mask = None if fb.kv_mask is None else fb.kv_mask[:, 0]  # (b, 1, L)
+    if not use_sdpa(q, impl) and not one_short_row:
+        mask = None if md.kv_mask is None else md.kv_mask[:, 0]  # (b, 1, L)
         out, _ = attend(q.unsqueeze(1), gather(kbuf, idx), gather(vbuf, idx), scale, mask,
                         need_lse=False)
         return out[:, 0]
     keys = gather(kbuf, idx).transpose(1, 2)  # (b, n_kv, L, hd)
     vals = gather(vbuf, idx).transpose(1, 2)
     out = _sdpa(
-        q.unsqueeze(2), keys, vals, attn_mask=fb.kv_mask, scale=scale,
+        q.unsqueeze(2), keys, vals, attn_mask=md.kv_mask, scale=scale,
         enable_gqa=True)  # (b, n_q, 1, hd)
     return out.squeeze(2)
 
 
-def _extend(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
+def extend(q, kbuf, vbuf, md: AttentionMetadata, prefix_lens: list[int],
+           extend_lens: list[int], scale: float, impl: str, decode_rows) -> torch.Tensor:
     """Causal attention per extending request; one-token requests of a mixed batch go
-    through the padded decode call together."""
+    through the padded decode call together (`decode_rows(q, kbuf, vbuf, md, scale)`)."""
     out = torch.empty_like(q)
-    if fb.padded_rows is not None:
-        out[fb.padded_rows] = _decode(q[fb.padded_rows], kbuf, vbuf, fb, scale)
+    if md.padded_rows is not None:
+        out[md.padded_rows] = decode_rows(q[md.padded_rows], kbuf, vbuf, md, scale)
     start = 0
-    for i, (prefix, ext, idx) in enumerate(zip(fb.prefix_lens, fb.extend_lens, fb.kv_indices)):
-        if fb.in_padded is None or not fb.in_padded[i]:
+    for i, (prefix, ext, idx) in enumerate(zip(prefix_lens, extend_lens, md.kv_indices)):
+        if md.in_padded is None or not md.in_padded[i]:
             out[start:start + ext] = _causal(q[start:start + ext], gather(kbuf, idx),
-                                             gather(vbuf, idx), prefix, scale, fb.attention)
+                                             gather(vbuf, idx), prefix, scale, impl)
         start += ext
     return out
 
@@ -270,33 +252,34 @@ def _causal(q, keys, vals, prefix: int, scale: float, impl: str) -> torch.Tensor
     return o.squeeze(0).transpose(0, 1)  # (ext, n_q, hd)
 
 
-def _cascade(q, kbuf, vbuf, fb: ForwardBatch, scale: float) -> torch.Tensor:
-    """Shared prefix (fb.shared_kv) once for all T queries, then each request's own keys
+def cascade(q, kbuf, vbuf, md: AttentionMetadata, is_decode: bool, scale: float,
+            impl: str) -> torch.Tensor:
+    """Shared prefix (md.shared_kv) once for all T queries, then each request's own keys
     (positions shared_len.. of its sequence), merged by log-sum-exp."""
-    impl, dtype = fb.attention, q.dtype
-    if not fb.is_decode and _prefill_in_float32(q, impl):
+    dtype = q.dtype
+    if not is_decode and _prefill_in_float32(q, impl):
         q = q.float()
 
     def kv(buf, idx):  # K or V in q's dtype
         return gather(buf, idx).to(q.dtype)
 
-    o_sh, lse_sh = attend(q.unsqueeze(0), kv(kbuf, fb.shared_kv).unsqueeze(0),
-                          kv(vbuf, fb.shared_kv).unsqueeze(0), scale, impl=impl)
+    o_sh, lse_sh = attend(q.unsqueeze(0), kv(kbuf, md.shared_kv).unsqueeze(0),
+                          kv(vbuf, md.shared_kv).unsqueeze(0), scale, impl=impl)
     o_sh, lse_sh = o_sh[0], lse_sh[0]  # (T, n_q, hd), (T, n_q)
     o_own, lse_own = torch.empty_like(q), torch.empty_like(lse_sh)
-    if fb.padded_kv_indices is not None:  # the one-token requests, in one padded call
-        rows = fb.padded_rows if fb.padded_rows is not None else slice(None)
-        idx = fb.padded_kv_indices  # (b, L_own)
-        mask = None if fb.kv_mask is None else fb.kv_mask[:, 0]
+    if md.padded_kv_indices is not None:  # the one-token requests, in one padded call
+        rows = md.padded_rows if md.padded_rows is not None else slice(None)
+        idx = md.padded_kv_indices  # (b, L_own)
+        mask = None if md.kv_mask is None else md.kv_mask[:, 0]
         o, lse = attend(q[rows].unsqueeze(1), kv(kbuf, idx), kv(vbuf, idx), scale, mask,
                         impl=impl)
         o_own[rows], lse_own[rows] = o[:, 0], lse[:, 0]
-    if fb.ext_q_rows is not None:  # the extending requests, padded into one call
-        idx = fb.ext_kv
-        o, lse = attend(q[fb.ext_q_rows], kv(kbuf, idx), kv(vbuf, idx), scale,
-                        fb.ext_mask, impl=impl)
-        rows = fb.ext_q_rows[fb.ext_valid]
-        o_own[rows], lse_own[rows] = o[fb.ext_valid], lse[fb.ext_valid]
+    if md.ext_q_rows is not None:  # the extending requests, padded into one call
+        idx = md.ext_kv
+        o, lse = attend(q[md.ext_q_rows], kv(kbuf, idx), kv(vbuf, idx), scale,
+                        md.ext_mask, impl=impl)
+        rows = md.ext_q_rows[md.ext_valid]
+        o_own[rows], lse_own[rows] = o[md.ext_valid], lse[md.ext_valid]
     lse = torch.logaddexp(lse_sh, lse_own)  # float32
     return (o_sh * (lse_sh - lse).exp().unsqueeze(-1)
             + o_own * (lse_own - lse).exp().unsqueeze(-1)).to(dtype)

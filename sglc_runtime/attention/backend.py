@@ -1,0 +1,121 @@
+"""The attention backend interface and its two implementations: `TorchAttention` (PyTorch:
+SDPA or `attend`, CPU and CUDA) and `TritonAttention` (decode rows through the Triton kernel).
+A backend builds each batch's `AttentionMetadata`, computes attention from it, and owns the
+static buffers CUDA graphs replay decode batches with."""
+
+from __future__ import annotations
+
+import torch
+
+from ..kv_pool import TokenToKVPool
+from . import torch_attention
+from .metadata import AttentionMetadata, build_metadata
+
+
+class AttentionBackend:
+    """How one engine computes attention over the paged KV pool.
+
+    Per step: `init_metadata` lays a batch out (called by `build_forward_batch` after the new
+    tokens' slots are in the KV table) and `forward` (called by every attention layer through
+    `paged_attention`) writes the new K/V and attends. CUDA graphs (decode batches without a
+    shared prefix): `init_graph_state` allocates static buffers once, `graph_metadata(bs, L)`
+    is the metadata a graph is captured with (views of those buffers), and before each replay
+    `load_graph_metadata` copies a live batch's metadata into them."""
+
+    name = "base"
+
+    def init_metadata(self, table: torch.Tensor, is_decode: bool, rows: list[int],
+                      prefix_lens: list[int], extend_lens: list[int], device,
+                      cascade: bool = True) -> AttentionMetadata:
+        return build_metadata(table, is_decode, rows, prefix_lens, extend_lens, device, cascade)
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb,
+                pool: TokenToKVPool, scale: float) -> torch.Tensor:
+        """Write the new tokens' K/V (k, v: (T, n_kv, hd)) into `pool`, then attend each query
+        of q (T, n_q, hd) over its request's whole sequence. Returns (T, n_q, hd)."""
+        raise NotImplementedError
+
+    # ---- CUDA graphs --------------------------------------------------------------------------
+    def init_graph_state(self, max_bs: int, max_len: int, device) -> None:
+        self.g_kv_indices = torch.zeros(max_bs, max_len, dtype=torch.int64, device=device)
+        self.g_kv_mask = torch.zeros(max_bs, 1, 1, max_len, dtype=torch.bool, device=device)
+        self.g_kv_lens = torch.ones(max_bs, dtype=torch.int64, device=device)
+
+    def can_capture(self, md: AttentionMetadata, max_bs: int, max_len: int) -> bool:
+        """Whether a decode batch with this metadata fits the graphs' buffers."""
+        return (not md.shared_len and md.padded_kv_indices.shape[0] <= max_bs
+                and md.padded_kv_indices.shape[1] <= max_len)
+
+    def graph_metadata(self, bs: int, L: int) -> AttentionMetadata:
+        """Metadata over the static buffers, for `bs` rows of up to `L` keys."""
+        return AttentionMetadata([], padded_kv_indices=self.g_kv_indices[:bs, :L],
+                                 kv_mask=self.g_kv_mask[:bs, :, :, :L],
+                                 kv_lens=self.g_kv_lens[:bs])
+
+    def load_graph_metadata(self, md: AttentionMetadata, bs: int, L: int) -> None:
+        """Copy a decode batch's metadata (b <= bs rows, <= L keys) into the static buffers;
+        padding rows b..bs-1 see only the scratch slot 0."""
+        b, cur = md.padded_kv_indices.shape
+        self.g_kv_indices[:bs, :L].zero_()
+        self.g_kv_indices[:b, :cur] = md.padded_kv_indices
+        self.g_kv_mask[:bs, ..., :L].zero_()
+        self.g_kv_mask[:b, ..., :cur] = True if md.kv_mask is None else md.kv_mask
+        self.g_kv_mask[b:bs, ..., 0] = True
+        self.g_kv_lens[:bs].fill_(1)
+        self.g_kv_lens[:b] = md.kv_lens
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class TorchAttention(AttentionBackend):
+    """PyTorch attention (`torch_attention.py`): `impl` "sdpa" (torch's fused kernels) or
+    "matmul" (`attend`: two matmuls around a float32 softmax; CPU 16-bit only)."""
+
+    def __init__(self, impl: str = "sdpa"):
+        assert impl in ("sdpa", "matmul"), f"unknown PyTorch attention {impl!r}"
+        self.name = self.impl = impl
+
+    def forward(self, layer, q, k, v, fb, pool, scale):
+        pool.set_kv(layer, fb.out_cache_loc, k, v)
+        kbuf, vbuf, md = pool.k_buffer[layer], pool.v_buffer[layer], fb.attn
+        if md.shared_len:
+            return torch_attention.cascade(q, kbuf, vbuf, md, fb.is_decode, scale, self.impl)
+        if fb.is_decode:
+            return self.decode(q, kbuf, vbuf, md, scale)
+        return torch_attention.extend(q, kbuf, vbuf, md, fb.prefix_lens, fb.extend_lens, scale,
+                                      self.impl, self.decode)
+
+    def decode(self, q, kbuf, vbuf, md: AttentionMetadata, scale: float) -> torch.Tensor:
+        """The padded one-token rows: q (b, n_q, hd) -> (b, n_q, hd)."""
+        return torch_attention.decode(q, kbuf, vbuf, md, scale, self.impl)
+
+
+class TritonAttention(TorchAttention):
+    """CUDA: decode rows through the Triton kernel (reads the pool in place, no K/V gather);
+    extend and cascade batches through PyTorch's SDPA."""
+
+    def __init__(self):
+        super().__init__("sdpa")
+        self.name = "triton"
+
+    def decode(self, q, kbuf, vbuf, md, scale):
+        from ..kernels.decode_attention import decode_attention
+
+        return decode_attention(q, kbuf, vbuf, md.padded_kv_indices, md.kv_lens, scale)
+
+
+def create_attention_backend(name: str, dtype: torch.dtype) -> AttentionBackend:
+    """The backend `name` names ("auto": the CPU's faster PyTorch implementation in `dtype`,
+    timed once per process by `fastest_cpu_attention`)."""
+    if name == "triton":
+        return TritonAttention()
+    if name == "auto":
+        name = torch_attention.fastest_cpu_attention(dtype)
+    return TorchAttention(name)
+
+
+def paged_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb,
+                    pool: TokenToKVPool, scale: float) -> torch.Tensor:
+    """What an attention layer calls: `fb.attention.forward(...)` (see AttentionBackend)."""
+    return fb.attention.forward(layer, q, k, v, fb, pool, scale)

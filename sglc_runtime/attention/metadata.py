@@ -1,0 +1,114 @@
+"""`AttentionMetadata`: where each query of one batch finds its keys in the paged KV pool
+(padded decode rows, per-request extends, a shared cascade prefix), built once per step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import accumulate
+
+import torch
+
+MIN_SHARED_PREFIX = 32  # shorter common prefixes are attended per request
+MAX_CASCADE_EXTEND = 512  # longer new-token runs use per-request flash attention
+
+
+@dataclass
+class AttentionMetadata:
+    """The KV layout of one batch (T new tokens over b requests; see `ForwardBatch`).
+
+    `kv_indices[i]` lists the KV slots of extending request i's whole sequence (prefix + new
+    tokens; empty for a decode batch). Requests adding one token (all of a decode batch; in a
+    mixed extend batch, the running requests decoding alongside) attend through one padded
+    call over `padded_kv_indices`.
+
+    Cascade: when `shared_len` S > 0, every request's first S positions use the same KV slots
+    (`shared_kv`), and `kv_indices` / `padded_kv_indices` list only positions S.. of each
+    request (the shared part is attended once for the whole batch)."""
+
+    kv_indices: list[torch.Tensor]  # per extending request: (prefix + extend - S,)
+    padded_kv_indices: torch.Tensor | None = None  # (b, max_len) one-token rows' slots, 0-padded
+    kv_mask: torch.Tensor | None = None  # (b, 1, 1, max_len) True where valid; None: all
+    kv_lens: torch.Tensor | None = None  # (b,) valid entries per row of padded_kv_indices
+    padded_rows: torch.Tensor | None = None  # extend batch: their flat rows (None: all rows)
+    in_padded: list[bool] | None = None  # extend batch: per request, attended in the padded call
+    shared_len: int = 0  # S: positions 0..S-1 of every request share these KV slots
+    shared_kv: torch.Tensor | slice | None = None  # (S,) slots, or a slice when consecutive
+    # cascade extend: the extending requests' own parts padded into one call (ne requests)
+    ext_q_rows: torch.Tensor | None = None  # (ne, E) flat row of query j (clamped to the last)
+    ext_kv: torch.Tensor | None = None  # (ne, L) own KV slots, 0-padded
+    ext_mask: torch.Tensor | None = None  # (ne, E, L) True where query j sees own key r
+    ext_valid: torch.Tensor | None = None  # (ne, E) True for real (unclamped) queries
+
+
+def build_metadata(table: torch.Tensor, is_decode: bool, rows: list[int],
+                   prefix_lens: list[int], extend_lens: list[int], device,
+                   cascade: bool = True) -> AttentionMetadata:
+    """The layout of a batch whose request i (KV table row `rows[i]`, already holding the new
+    tokens' slots) adds `extend_lens[i]` tokens after `prefix_lens[i]` cached ones."""
+    S = shared_prefix_len(table, rows, prefix_lens, extend_lens) if cascade else 0
+    kv_indices = [] if is_decode else [table[row, S:p + n] for row, p, n in
+                                       zip(rows, prefix_lens, extend_lens)]
+    md = AttentionMetadata(kv_indices)
+    if S:
+        md.shared_len, md.shared_kv = S, table[rows[0], :S]
+        first = int(md.shared_kv[0])
+        if int(md.shared_kv[-1]) - first == S - 1 and \
+                bool((md.shared_kv.diff() == 1).all()):  # one run of slots: read a view
+            md.shared_kv = slice(first, first + S)
+    single = [i for i, n in enumerate(extend_lens) if n == 1]
+    offsets = [0, *accumulate(extend_lens)][:-1]  # each request's first flat row
+    if is_decode or len(single) > 1:
+        lens = [prefix_lens[i] + 1 - S for i in single]
+        max_len = max(lens)
+        md.kv_lens = torch.tensor(lens, device=device)
+        idx = torch.tensor([rows[i] for i in single], device=device)
+        md.padded_kv_indices = table[idx, S:S + max_len]
+        if min(lens) < max_len:  # rows of equal length (batch 1 always) need no mask
+            mask = torch.arange(max_len, device=device).unsqueeze(0) < md.kv_lens.unsqueeze(1)
+            md.padded_kv_indices = md.padded_kv_indices * mask  # (b, L), padding reads slot 0
+            md.kv_mask = mask[:, None, None, :]
+        if not is_decode:
+            md.padded_rows = torch.tensor([offsets[i] for i in single], device=device)
+            md.in_padded = [n == 1 for n in extend_lens]
+    if S and not is_decode:
+        _pad_cascade_extends(md, prefix_lens, extend_lens, offsets, device)
+    return md
+
+
+def _pad_cascade_extends(md: AttentionMetadata, prefix_lens: list[int], extend_lens: list[int],
+                         offsets: list[int], device) -> None:
+    """Lay the extending requests' own parts (positions shared_len.. of each) out padded, so
+    attention runs them in one batched call. Query j of request i (absolute position
+    prefix_i + j) sees own keys r with r <= prefix_i - shared_len + j."""
+    S = md.shared_len
+    ext = [i for i in range(len(extend_lens)) if not (md.in_padded and md.in_padded[i])]
+    if not ext:
+        return
+    e_lens = torch.tensor([extend_lens[i] for i in ext], device=device)
+    own_before = torch.tensor([prefix_lens[i] - S for i in ext], device=device)
+    E, L = int(e_lens.max()), int((own_before + e_lens).max())
+    j = torch.arange(E, device=device).unsqueeze(0)  # (1, E)
+    md.ext_valid = j < e_lens.unsqueeze(1)
+    jc = torch.minimum(j, e_lens.unsqueeze(1) - 1)  # padding queries repeat the last one
+    md.ext_q_rows = torch.tensor([offsets[i] for i in ext], device=device).unsqueeze(1) + jc
+    r = torch.arange(L, device=device)
+    md.ext_mask = r.view(1, 1, L) <= (own_before.unsqueeze(1) + jc).unsqueeze(2)
+    kv = torch.zeros(len(ext), L, dtype=torch.int64, device=device)
+    for k, i in enumerate(ext):
+        kv[k, :md.kv_indices[i].numel()] = md.kv_indices[i]
+    md.ext_kv = kv
+
+
+def shared_prefix_len(table: torch.Tensor, rows: list[int], prefix_lens: list[int],
+                      extend_lens: list[int]) -> int:
+    """Length of the KV-slot prefix common to every request of the batch (0 when too short
+    to pay for a cascade, or when a long extend is better served by per-request attention)."""
+    if len(rows) < 2:
+        return 0
+    m = min(prefix_lens)
+    if m < MIN_SHARED_PREFIX or max(extend_lens) > MAX_CASCADE_EXTEND:
+        return 0
+    block = table[torch.tensor(rows, device=table.device), :m]
+    same = (block == block[0]).all(0)
+    S = m if bool(same.all()) else int(same.to(torch.int8).argmin())
+    return S if S >= MIN_SHARED_PREFIX else 0
