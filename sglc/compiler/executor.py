@@ -223,7 +223,7 @@ class GraphExecutor:
             return self._spawn(i, nodes, lambda: self._gen_many(inst, nodes, ins))
         for n in nodes:
             args = [inst.values[a] for a in plan.nodes[n].args]
-            self._spawn(i, [n], lambda n=n, args=args: [self._call(inst, n, args)])
+            self._spawn(i, [n], lambda n=n, args=args: [self.call_model(inst, n, args)])
 
     def _spawn(self, i: int, nodes: list, fn) -> None:
         self._inflight += 1
@@ -235,7 +235,7 @@ class GraphExecutor:
                 self._done.put((i, nodes, None, e))
         self.pool.submit(job)
 
-    def _call(self, inst: Instance, n, args):
+    def call_model(self, inst: Instance, n, args):
         """Run one model op on a pool thread; returns the node's value."""
         node = inst.plan.nodes[n]
         state, name = args[0], node.attrs.get("name")
@@ -254,13 +254,13 @@ class GraphExecutor:
                                  use_thread=False, state=state)
             exe.apply(as_expr(args[1]))
             return exe.state
-        params = self._params(inst, n, state)
+        params = self.gen_params(inst, n, state)
         if self.stream and n in inst.plan.main:
             return self._gen_stream(inst, n, state, params)
         text, meta = self.backend.generate(state.text, params)
         return state.generated(name, text, meta)
 
-    def _params(self, inst: Instance, n, state: Snapshot) -> SglSamplingParams:
+    def gen_params(self, inst: Instance, n, state: Snapshot) -> SglSamplingParams:
         m = inst.mirror
         params = sampling_params(state, m.default_params, inst.plan.params[n], m.chat_template,
                                  m.stop_token_ids)
@@ -268,7 +268,7 @@ class GraphExecutor:
         return params.with_extra_stop(tuple(extra), ()) if extra else params
 
     def _gen_many(self, inst: Instance, nodes: list, states: list) -> list:
-        params = [self._params(inst, n, state) for n, state in zip(nodes, states)]
+        params = [self.gen_params(inst, n, state) for n, state in zip(nodes, states)]
         outs = self.backend.generate_many([state.text for state in states], params)
         return [state.generated(inst.plan.nodes[n].attrs.get("name"), text, meta)
                 for n, state, (text, meta) in zip(nodes, states, outs)]

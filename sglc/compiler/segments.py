@@ -42,7 +42,7 @@ def run_segment(executor, inst: Instance, nodes: list) -> list:
     for n in nodes:
         node = plan.nodes[n]
         if node.op is Op.GEN:
-            params = executor._params(inst, n, scratch)
+            params = executor.gen_params(inst, n, scratch)
             if params.n not in (None, 1) or params.to_request()[1]:
                 break  # n > 1 or logprobs: not in a segment
             steps.append(("gen", params))
@@ -52,7 +52,7 @@ def run_segment(executor, inst: Instance, nodes: list) -> list:
             scratch = _apply_constant(inst, node, scratch)
             steps.append(("text", scratch.text[before:]))
     if sum(kind == "gen" for kind, _ in steps) < 2 or not start.text:
-        return [executor._call(inst, nodes[0], [start])]
+        return [executor.call_model(inst, nodes[0], [start])]
     outs = iter(executor.backend.generate_program(start.text, steps))
     values, state, expected = [], start, start.text
     for n, (kind, value) in zip(nodes, steps):
