@@ -1,7 +1,7 @@
 """CPU op choices, measured side by side at the default model's shapes: torch's F.linear vs
 oneDNN-packed linears (sglc_runtime/model/packed_linear.py), and SDPA vs the matmul attention
-`attend` (sglc_runtime/attention/torch_attention.py), in float32 and bfloat16. Each pair runs interleaved, median of
-the runs. Run: python benchmarks/bench_cpu_ops.py [--reps 30]"""
+`attend` (sglc_runtime/attention/torch_attention.py), in float32 and bfloat16. Each pair runs
+interleaved, median of the runs. Run: python benchmarks/bench_cpu_ops.py [--reps 30]"""
 
 from __future__ import annotations
 

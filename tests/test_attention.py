@@ -168,7 +168,8 @@ def test_one_short_decode_row_uses_sdpa_in_bfloat16(monkeypatch):
     fb.attention = TorchAttention("matmul")
     calls = []
     real = torch_attention._sdpa
-    monkeypatch.setattr(torch_attention, "_sdpa", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(torch_attention, "_sdpa",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
     paged_attention(0, q, k, v, fb, pool, HD ** -0.5)
     assert calls == [1]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import sglc as sgl
-from sglc.lang.backend import BaseBackend
 from sglc.ir import Op, parse
+from sglc.lang.backend import BaseBackend
 from sglc.lang.chat_template import get_chat_template
 from sglc.lang.choices import ChoicesDecision
 from sglc.parser import CompileError, CompileWarning, ProgramCheckError
@@ -541,6 +541,32 @@ def test_snapshots_are_read_only_in_python_code():
 
     compiled = sgl.compile(prog, strict=True)
     assert compiled.run(backend=FakeBackend()).ret_value == ["<0>", "<0>"]
+
+
+@sgl.function
+def _length(s):
+    return len(s.text())
+
+
+def test_python_code_reads_snapshots_as_program_states():
+    """A snapshot in a compiled program's Python code is a (read-only) ProgramState: an
+    @sgl.function called on it runs inline, text_iter reads it; appending or setting raises."""
+    @sgl.function
+    def prog(s):
+        forks = s.fork(2)
+        forks += sgl.gen("x")
+        views = [f for f in forks]
+        s += str(_length(views[0])) + "".join(views[1].text_iter("x"))
+        return views
+
+    eager = prog.run(backend=FakeBackend())
+    compiled = sgl.compile(prog, strict=True).run(backend=FakeBackend())
+    assert compiled.text() == eager.text() == "3<0>"
+    view = compiled.ret_value[0]
+    for mistake in (lambda: view.__iadd__("more"), lambda: view.user("hi"),
+                    lambda: view.__setitem__("x", 1), lambda: view.fork(2)):
+        with pytest.raises(sgl.ProgramError, match="snapshot"):
+            mistake()
 
 
 def test_streaming_pieces_concatenate_and_state_api_matches():

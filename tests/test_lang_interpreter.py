@@ -6,15 +6,15 @@ import threading
 import time
 
 import pytest
-from sglc_runtime.errors import InvalidRequestError
 
 import sglc as sgl
-from sglc.lang.backend import BaseBackend
 from sglc.lang import api
+from sglc.lang.backend import BaseBackend
 from sglc.lang.chat_template import ChatTemplate, get_chat_template
 from sglc.lang.choices import ChoicesDecision
 from sglc.lang.primitives import SglExprList, SglGen, SglSamplingParams, SglSelect
 from sglc.lang.tracer import constant_prefix
+from sglc_runtime.errors import InvalidRequestError
 
 
 class FakeBackend(BaseBackend):
@@ -427,9 +427,8 @@ def test_lazy_default_runtime_is_shared(monkeypatch):
 
 
 def test_lazy_exports():
-    from sglc_runtime.engine import Engine
-
     from sglc.backend.runtime import Runtime
+    from sglc_runtime.engine import Engine
 
     assert sgl.Engine is Engine and sgl.Runtime is Runtime
     with pytest.raises(AttributeError):
@@ -490,3 +489,24 @@ def test_calling_a_function_on_a_state_runs_it_inline(fake):
     state = outer.run(backend=fake)
     assert state.text().startswith("Start. Hello, Ada. <") and state.text().endswith(" End.")
     assert "reply" in state
+
+
+def test_setting_variables_while_the_worker_appends_loses_nothing(fake):
+    """`s[name] = v` (the program's thread) and queued appends (the worker) both change the
+    state; neither may overwrite the other's change."""
+    import sys
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        @sgl.function
+        def prog(s, n):
+            for i in range(n):
+                s += "a"
+                s[f"v{i}"] = i
+
+        state = prog.run(n=4000, backend=fake)
+    finally:
+        sys.setswitchinterval(old)
+    assert state.text() == "a" * 4000
+    assert all(state[f"v{i}"] == i for i in range(4000))

@@ -122,16 +122,3 @@ def test_sampling_params_stop_at_end_of_turn_only_in_assistant_turns():
     sp, _ = inside.to_request()
     assert "<|im_end|>" in sp["stop"] and 7 in sp["stop_token_ids"]
     assert asked == [tuple(CHATML.stop_str)]
-
-
-def test_a_compiled_programs_python_sees_a_read_only_view():
-    from sglc.compiler.plan import SnapshotView
-
-    view = SnapshotView(Snapshot(text="Hi").with_var("x", 1))
-    assert (view.text(), view["x"], "x" in view, "y" in view) == ("Hi", 1, True, False)
-    with pytest.raises(ProgramError, match="read-only snapshot"):
-        view.user("no")
-    with pytest.raises(ProgramError, match="cannot be appended"):
-        view += "more"
-    with pytest.raises(AttributeError):
-        view.no_such_thing  # noqa: B018

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ..ir.ops import Op
 from ..lang.backend import BaseBackend
 from ..lang.interpreter import StreamExecutor
-from ..lang.primitives import SglSamplingParams, as_expr
+from ..lang.primitives import SglSamplingParams, SglSelect, as_expr
 from ..lang.snapshot import Snapshot, apply, join, sampling_params
 from .plan import Instance, SnapshotView, appends_model_call, node_expr
 from .segments import run_segment, usable_segment
@@ -177,7 +177,7 @@ class GraphExecutor:
         if op is Op.PY:
             env = dict(inst.env[node.fn])
             for k, v in enumerate(args[1:], 1):
-                env[f"_{k}"] = SnapshotView(v) if isinstance(v, Snapshot) else v
+                env[f"_{k}"] = SnapshotView(v, inst.mirror) if isinstance(v, Snapshot) else v
             return eval(inst.plan.code[n], env)
         if op is Op.FORK:
             return args[0]
@@ -246,7 +246,8 @@ class GraphExecutor:
         if node.op is Op.SELECT:
             temperature, method = inst.plan.selects[n]
             choices = node.attrs.get("choices", args[1] if len(args) > 1 else None)
-            decision = self.backend.select(state.text, choices, temperature, method)
+            sel = SglSelect(name, choices, temperature, method)  # (checks the choices)
+            decision = self.backend.select(state.text, sel.choices, temperature, method)
             return state.generated(name, decision.decision, decision.meta_info)
         if node.op is Op.APPEND:  # a value holding gens or selects: the interpreter runs it
             m = inst.mirror

@@ -42,49 +42,25 @@ HELPERS = {"_unpack": _unpack, **{f"_{name}": getattr(operator, name) for name i
     "irshift", "ior", "ixor", "iand")}}
 
 
-class SnapshotView:
-    """A read-only view of one state (a `Snapshot`) of a compiled program, as Python code in the
-    program sees states: it reads like a `ProgramState` and refuses to be appended to."""
+class SnapshotView(ProgramState):
+    """A read-only `ProgramState` over one snapshot of a compiled program's state, as Python
+    code in the program sees states (it reads, calls functions, iterates text; it never
+    appends, forks or sets variables)."""
 
-    def __init__(self, snapshot: Snapshot):
-        self.snapshot = snapshot
+    def __init__(self, snapshot: Snapshot, caller: StreamExecutor):
+        super().__init__(StreamExecutor(caller.backend, caller.arguments, caller.default_params,
+                                        caller.chat_template, use_thread=False, state=snapshot))
 
-    def text(self) -> str:
-        return self.snapshot.text
-
-    def messages(self) -> list[dict]:
-        return [dict(m) for m in self.snapshot.messages]
-
-    def get_var(self, name: str):
-        return self.snapshot.get_var(name)
-
-    def get_meta_info(self, name: str):
-        return self.snapshot.meta_info.get(name)
-
-    def error(self) -> None:
-        return None
-
-    def sync(self) -> None:
-        pass
-
-    def __getitem__(self, name: str):
-        return self.snapshot.get_var(name)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.snapshot.variables
-
-    def __iadd__(self, other):
+    def _append(self, expr, loc) -> None:
         raise ProgramError("this is a snapshot of a compiled program's state; it cannot be "
                            "appended to here")
 
-    def __getattr__(self, name: str):
-        if hasattr(ProgramState, name):  # fork, user(...), var_scope, text_iter ...
-            raise ProgramError(f"s.{name}: this is a read-only snapshot of a compiled program's "
-                               "state (it has text(), messages(), s[name], get_meta_info())")
-        raise AttributeError(name)
+    def fork(self, *args, **kwargs):
+        raise ProgramError("a snapshot of a compiled program's state cannot be forked")
 
-    def __repr__(self) -> str:
-        return f"SnapshotView({self.snapshot.text!r})"
+    def set_var(self, name: str, value) -> None:
+        raise ProgramError(f"s[{name!r}] = ...: a snapshot of a compiled program's state is "
+                           "read-only")
 
 
 class CallerView(StreamExecutor):

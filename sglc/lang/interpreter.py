@@ -94,9 +94,11 @@ class StreamExecutor:
     def fork_start_text_pos(self) -> int | None:
         return self.state.fork_start
 
-    def _update(self, state: Snapshot) -> None:
+    def _update(self, step) -> None:
+        """Replace the state by `step(state)`, atomically: the program thread (set_var, join)
+        and the worker both change it."""
         with self.cond:
-            self.state = state
+            self.state = step(self.state)
             self.cond.notify_all()
 
     # ---- called from the program's thread -----------------------------------------------------
@@ -141,7 +143,7 @@ class StreamExecutor:
             return self.state.get_var(name)
 
     def set_var(self, name: str, value) -> None:
-        self._update(self.state.with_var(name, value))
+        self._update(lambda st: st.with_var(name, value))
 
     def get_meta_info(self, name: str):
         ev = self.variable_event.get(name)
@@ -169,14 +171,17 @@ class StreamExecutor:
         self.sync()
         if self.error_ is not None:
             raise self.error_
-        child = self.state.fork_child()
-        return [StreamExecutor(self.backend, self.arguments, self.default_params,
-                               self.chat_template, self.stream, None, self.use_thread, child)
-                for _ in range(size)]  # (fork branches have no speculation)
+        children = [StreamExecutor(self.backend, self.arguments, self.default_params,
+                                   self.chat_template, self.stream, None, self.use_thread,
+                                   self.state.fork_child())
+                    for _ in range(size)]  # (fork branches have no speculation)
+        for c in children:
+            c._stop_ids = self._stop_ids
+        return children
 
     def gather(self, children: list[StreamExecutor], mode: str) -> None:
         """Join finished fork branches into this state (`snapshot.join`)."""
-        self._update(join(self.state, [c.state for c in children], mode))
+        self._update(lambda st: join(st, [c.state for c in children], mode))
 
     def apply(self, expr: SglExpr) -> None:
         """Execute `expr` (model calls too) on this state now, on the calling thread."""
@@ -224,7 +229,7 @@ class StreamExecutor:
         elif isinstance(expr, SglRoleBegin):
             if self.spec is not None:
                 self.spec.drop()
-            self._update(apply(self.state, expr, self.chat_template))
+            self._update(lambda st: apply(st, expr, self.chat_template))
         elif isinstance(expr, SglRoleEnd):
             self._execute_role_end(expr)
         elif isinstance(expr, SglCommitLazy):
@@ -233,7 +238,7 @@ class StreamExecutor:
         elif isinstance(expr, SglConcateAndAppend):
             self._execute_concate_and_append(expr)
         elif isinstance(expr, (SglVarScopeBegin, SglVarScopeEnd, SglSeparateReasoning)):
-            self._update(apply(self.state, expr, self.chat_template))
+            self._update(lambda st: apply(st, expr, self.chat_template))
             if isinstance(expr, SglVarScopeEnd):  # (a scope's begin stores its offset only)
                 self._done_writing(expr.name)
             elif isinstance(expr, SglSeparateReasoning):
@@ -248,7 +253,7 @@ class StreamExecutor:
                 self.spec.defer_text(value)
                 return
             self.spec.on_text(value)
-        self._update(self.state.filled(value))
+        self._update(lambda st: st.filled(value))
 
     def _chat_spec_turn(self) -> bool:
         """Whether this state collects an assistant turn for one speculative chat call."""
@@ -352,8 +357,8 @@ class StreamExecutor:
                 if gen is not None:
                     self._generated(gen.name, text, meta)
                 else:
-                    self._update(self.state.filled(text))
-        self._update(apply(self.state, expr, self.chat_template))
+                    self._update(lambda st, t=text: st.filled(t))
+        self._update(lambda st: apply(st, expr, self.chat_template))
 
     def _execute_concate_and_append(self, expr: SglConcateAndAppend) -> None:
         for state in expr.states:
@@ -361,4 +366,4 @@ class StreamExecutor:
             child.sync()
             if child.error_ is not None:
                 raise child.error_
-            self._update(self.state.filled(child.state.branch_text()))
+            self._update(lambda st, c=child: st.filled(c.state.branch_text()))

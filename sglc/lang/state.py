@@ -167,7 +167,7 @@ class ProgramState:
         i = 0
         while True:
             with exe.cond:
-                exe.cond.wait_for(lambda: len(exe.stream_chunks.get(var_name, ())) > i
+                exe.cond.wait_for(lambda i=i: len(exe.stream_chunks.get(var_name, ())) > i
                                   or exe.is_finished or exe.error_ is not None
                                   or (var_name in exe.variable_event
                                       and exe.variable_event[var_name].is_set()))

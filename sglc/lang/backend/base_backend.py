@@ -8,7 +8,6 @@ many threads at once; a backend must be thread-safe and should let concurrent ca
 from __future__ import annotations
 
 from collections.abc import Iterator
-
 from dataclasses import dataclass
 
 from ..chat_template import ChatTemplate
