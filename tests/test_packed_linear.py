@@ -92,3 +92,27 @@ def test_refined_top_logits_are_the_float32_products():
     assert torch.equal(logits[rest], before[rest])
     assert torch.equal(logits.argmax(-1), exact.argmax(-1))
     assert not torch.equal(before.gather(1, top), exact.gather(1, top))  # rounding was real
+
+
+@pytest.mark.parametrize("vocab", [49152, 5000])  # in blocks of 128, and not
+def test_top_k_indices_finds_the_k_largest(vocab):
+    from sglc_runtime.model.llama import top_k_indices
+
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(7, vocab, generator=g) * 4
+    logits[0, 300:340] = 50.0  # ties spanning blocks: any 16 of them are the top 16
+    logits[1, :] = -1.0
+    logits[1, vocab - 3] = 2.0  # the top sits in the last block
+    got = top_k_indices(logits, 16)
+    want = logits.topk(16, dim=-1).values
+    assert got.shape == (7, 16) and all(len(set(r.tolist())) == 16 for r in got)
+    assert torch.equal(logits.gather(1, got).sort(-1, descending=True).values, want)
+
+
+def test_greedy_ids_are_argmax_first_of_ties():
+    from sglc_runtime.sampler import greedy_ids
+
+    logits = torch.randn(9, 49152)
+    logits[3, [10, 20000, 40000]] = 99.0
+    assert torch.equal(greedy_ids(logits), logits.argmax(-1))
+    assert int(greedy_ids(logits)[3]) == 10
