@@ -32,6 +32,14 @@ def _stops(params) -> list[str]:
     return stops
 
 
+def _closing(params) -> str:
+    """The delimiter a regex gen's pattern ends with (one of REGEX_STOPS): the constrained
+    engine writes it as the field's last character, so the peers append it to their cut text
+    (the programs then continue from the same JSON text)."""
+    rx = params.to_request()[0].get("regex") or ""
+    return rx[-1] if rx[-1:] in REGEX_STOPS and rx[-2:-1] != "\\" else ""
+
+
 def _cut(text: str, stops: list[str]) -> str:
     at = min((text.find(s) for s in stops if s and s in text), default=-1)
     return text if at < 0 else text[:at]
@@ -84,7 +92,7 @@ class HFBackend(_ChatTemplateOf, BaseBackend):
             kw.update(stop_strings=stops, tokenizer=self.tok)
         with self.lock, self.torch.no_grad():
             out = self.model.generate(ids, **kw)[0, ids.shape[1]:]
-        text = _cut(self.tok.decode(out, skip_special_tokens=True), stops)
+        text = _cut(self.tok.decode(out, skip_special_tokens=True), stops) + _closing(params)
         meta = {"prompt_tokens": ids.shape[1], "completion_tokens": len(out)}
         self.token_usage.add(meta)
         return text, meta
@@ -154,7 +162,7 @@ class LlamaServerBackend(_ChatTemplateOf, BaseBackend):
         stops = _stops(params)
         out = self._complete({"prompt": prompt, "n_predict": sp.get("max_new_tokens", 128),
                               "temperature": 0.0, "stop": stops, "cache_prompt": True})
-        text = _cut(out["content"], stops)
+        text = _cut(out["content"], stops) + _closing(params)
         meta = {"prompt_tokens": out.get("tokens_evaluated", 0),
                 "completion_tokens": out.get("tokens_predicted", 0)}
         self.token_usage.add(meta)
@@ -199,7 +207,7 @@ class LlamaCppPythonBackend(_ChatTemplateOf, BaseBackend):
         with self.lock:
             out = self.llm.create_completion(prompt, max_tokens=sp.get("max_new_tokens", 128),
                                              temperature=0.0, stop=stops or None)
-        text = _cut(out["choices"][0]["text"], stops)
+        text = _cut(out["choices"][0]["text"], stops) + _closing(params)
         meta = {"prompt_tokens": out["usage"]["prompt_tokens"],
                 "completion_tokens": out["usage"]["completion_tokens"]}
         self.token_usage.add(meta)

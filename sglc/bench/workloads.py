@@ -98,11 +98,14 @@ def llm_judge(s, answer):
 @sgl.function
 def json_decode(s, text):
     s += "Extract the person from the text as JSON.\nText: " + text + "\nJSON:\n"
-    s += '{\n  "name": "' + sgl.gen("name", max_tokens=12, regex=r"[A-Z][a-z]+ [A-Z][a-z]+",
+    # each field's regex ends with the delimiter that closes it, so the field ends where the
+    # model closes it (without, the model's '"' after "Mary Smith" is forbidden and the name
+    # runs on to max_tokens: "Mary Smithsjohnsjohns")
+    s += '{\n  "name": "' + sgl.gen("name", max_tokens=12, regex=r'[A-Z][a-z]+ [A-Z][a-z]+"',
                                     temperature=0)
-    s += '",\n  "age": ' + sgl.gen("age", max_tokens=4, regex=r"[1-9][0-9]?", temperature=0)
-    s += ',\n  "city": "' + sgl.gen("city", max_tokens=8, regex=r"[A-Z][a-z]+", temperature=0)
-    s += '"\n}'
+    s += ',\n  "age": ' + sgl.gen("age", max_tokens=4, regex=r"[1-9][0-9]?,", temperature=0)
+    s += '\n  "city": "' + sgl.gen("city", max_tokens=8, regex=r'[A-Z][a-z]+"', temperature=0)
+    s += '\n}'
     return finished(s["city"])
 
 
