@@ -74,10 +74,19 @@ def _setup(contiguous_prefix: bool, seed: int):
     return pool, table, reqs, free
 
 
+@pytest.fixture
+def any_cascade(monkeypatch):
+    """Cascade for every shared prefix of MIN_SHARED_PREFIX slots, however few rows it saves."""
+    from sglc_runtime.attention import backend
+
+    for impl in backend.CPU_CASCADE_MIN_ROWS:
+        monkeypatch.setitem(backend.CPU_CASCADE_MIN_ROWS, impl, 0)
+
+
 @pytest.mark.parametrize("impl", ["matmul", "sdpa"])
 @pytest.mark.parametrize("contiguous_prefix", [True, False])
 @pytest.mark.parametrize("extend_lens", [[1, 1, 1, 1], [5, 1, 7, 1], [2, 3, 4, 9]])
-def test_cascade_equals_per_request_attention(contiguous_prefix, extend_lens, impl):
+def test_cascade_equals_per_request_attention(contiguous_prefix, extend_lens, impl, any_cascade):
     pool, table, reqs, free = _setup(contiguous_prefix, seed=sum(extend_lens))
     T = sum(extend_lens)
     out_loc = torch.tensor(free[:T])
@@ -96,7 +105,25 @@ def test_cascade_equals_per_request_attention(contiguous_prefix, extend_lens, im
     torch.testing.assert_close(outs[0], outs[1], atol=2e-5, rtol=1e-5)
 
 
-def test_no_cascade_when_prefixes_differ_or_are_short():
+@pytest.mark.parametrize("impl", ["matmul", "sdpa"])
+def test_cascade_only_where_it_saves_enough_rows(impl):
+    """On the CPU a shared prefix is attended once only when the rows it saves reading,
+    (b - 1) * S, reach the implementation's measured break-even."""
+    from sglc_runtime.attention.backend import CPU_CASCADE_MIN_ROWS
+
+    need = CPU_CASCADE_MIN_ROWS[impl]
+    for S, want in ((need // 3 - 1, False), (need // 3 + 1, True)):  # 4 requests: 3 * S saved
+        table = torch.zeros(4, S + 8, dtype=torch.int64)
+        table[:, :S] = torch.arange(1, S + 1)
+        reqs = [SimpleNamespace(row=r, kv_len=S + r, fill_ids=list(range(S + 8))) for r in range(4)]
+        for r in range(4):
+            table[r, S:S + r] = torch.arange(S + 1 + 8 * r, S + 1 + 8 * r + r)
+        fb = build_forward_batch(table, True, reqs, [1] * 4, torch.arange(5000, 5004), "cpu",
+                                 attention=TorchAttention(impl))
+        assert (fb.attn.shared_len == S) == want, (S, need)
+
+
+def test_no_cascade_when_prefixes_differ_or_are_short(any_cascade):
     _, table, reqs, free = _setup(True, seed=0)
     table[2, 5] = free[-1]  # request 2 diverges at position 5: common prefix < minimum
     fb = build_forward_batch(table, True, reqs, [1] * 4, torch.tensor(free[:4]), "cpu")
@@ -202,7 +229,7 @@ def test_graph_metadata_replays_a_decode_batch_padded_to_its_bucket(impl):
     assert bool((replayed[3:] == 7.0).all())  # a padding row saw only its own slot-0 value
 
 
-def test_cascade_batches_are_not_captured():
+def test_cascade_batches_are_not_captured(any_cascade):
     _, table, reqs, free = _setup(True, seed=0)
     fb = build_forward_batch(table, True, reqs, [1] * 4, torch.tensor(free[:4]), "cpu")
     assert fb.attn.shared_len and not fb.attention.can_capture(fb.attn, 8, 512)

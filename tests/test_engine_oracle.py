@@ -85,7 +85,10 @@ def local_engine():
 def test_greedy_matches_hf_with_cascade_attention(local_engine, hf_model, monkeypatch):
     """Requests sharing a cached prefix longer than MIN_SHARED_PREFIX attend it once per batch
     (cascade); their tokens must still be HF's."""
-    from sglc_runtime.attention import MIN_SHARED_PREFIX, torch_attention
+    from sglc_runtime.attention import MIN_SHARED_PREFIX, backend, torch_attention
+
+    for impl in backend.CPU_CASCADE_MIN_ROWS:  # however few rows the shared prefix saves
+        monkeypatch.setitem(backend.CPU_CASCADE_MIN_ROWS, impl, 0)
 
     engine = local_engine
 

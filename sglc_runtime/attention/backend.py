@@ -24,10 +24,16 @@ class AttentionBackend:
 
     name = "base"
 
+    def min_cascade_rows(self, device) -> int:
+        """Shared-prefix KV rows a cascade must save reading, (b - 1) * S, to pay for its extra
+        attention call and merge (0: any shared prefix of MIN_SHARED_PREFIX slots)."""
+        return 0
+
     def init_metadata(self, table: torch.Tensor, is_decode: bool, rows: list[int],
                       prefix_lens: list[int], extend_lens: list[int], device,
                       cascade: bool = True) -> AttentionMetadata:
-        return build_metadata(table, is_decode, rows, prefix_lens, extend_lens, device, cascade)
+        return build_metadata(table, is_decode, rows, prefix_lens, extend_lens, device, cascade,
+                              self.min_cascade_rows(device))
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb,
                 pool: TokenToKVPool, scale: float) -> torch.Tensor:
@@ -68,6 +74,14 @@ class AttentionBackend:
         return f"{type(self).__name__}({self.name!r})"
 
 
+#: CPU break-even of cascade attention, in shared KV rows saved ((b - 1) * S), per
+#: implementation: bf16 decode on a 2-core Sapphire Rapids, cascade vs plain per layer call
+#: (b=16: S=128 0.65-0.82x, S=512 1.16-1.86x under sdpa; matmul: b=4 S=512 1.04-1.25x,
+#: b=16 S=128 1.0-1.1x). Below it the extra call and the log-sum-exp merge cost more than
+#: reading the shared keys once per request.
+CPU_CASCADE_MIN_ROWS = {"sdpa": 4096, "matmul": 1536}
+
+
 class TorchAttention(AttentionBackend):
     """PyTorch attention (`torch_attention.py`): `impl` "sdpa" (torch's fused kernels) or
     "matmul" (`attend`: two matmuls around a float32 softmax; CPU 16-bit only)."""
@@ -75,6 +89,9 @@ class TorchAttention(AttentionBackend):
     def __init__(self, impl: str = "sdpa"):
         assert impl in ("sdpa", "matmul"), f"unknown PyTorch attention {impl!r}"
         self.name = self.impl = impl
+
+    def min_cascade_rows(self, device) -> int:
+        return CPU_CASCADE_MIN_ROWS[self.impl] if torch.device(device).type == "cpu" else 0
 
     def forward(self, layer, q, k, v, fb, pool, scale):
         pool.set_kv(layer, fb.out_cache_loc, k, v)

@@ -42,10 +42,14 @@ class AttentionMetadata:
 
 def build_metadata(table: torch.Tensor, is_decode: bool, rows: list[int],
                    prefix_lens: list[int], extend_lens: list[int], device,
-                   cascade: bool = True) -> AttentionMetadata:
+                   cascade: bool = True, min_saved_rows: int = 0) -> AttentionMetadata:
     """The layout of a batch whose request i (KV table row `rows[i]`, already holding the new
-    tokens' slots) adds `extend_lens[i]` tokens after `prefix_lens[i]` cached ones."""
+    tokens' slots) adds `extend_lens[i]` tokens after `prefix_lens[i]` cached ones. A shared
+    prefix of S slots is attended once (cascade) when `cascade` and the rows it saves reading,
+    (b - 1) * S, reach `min_saved_rows` (the backend's break-even)."""
     S = shared_prefix_len(table, rows, prefix_lens, extend_lens) if cascade else 0
+    if S and (len(rows) - 1) * S < min_saved_rows:
+        S = 0
     kv_indices = [] if is_decode else [table[row, S:p + n] for row, p, n in
                                        zip(rows, prefix_lens, extend_lens)]
     md = AttentionMetadata(kv_indices)
