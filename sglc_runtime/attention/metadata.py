@@ -47,7 +47,9 @@ def build_metadata(table: torch.Tensor, is_decode: bool, rows: list[int],
     tokens' slots) adds `extend_lens[i]` tokens after `prefix_lens[i]` cached ones. A shared
     prefix of S slots is attended once (cascade) when `cascade` and the rows it saves reading,
     (b - 1) * S, reach `min_saved_rows` (the backend's break-even)."""
-    S = shared_prefix_len(table, rows, prefix_lens, extend_lens) if cascade else 0
+    # (the shared prefix is at most the shortest prefix: skip the search when that cannot pay)
+    can_pay = (len(rows) - 1) * min(prefix_lens, default=0) >= min_saved_rows
+    S = shared_prefix_len(table, rows, prefix_lens, extend_lens) if cascade and can_pay else 0
     if S and (len(rows) - 1) * S < min_saved_rows:
         S = 0
     kv_indices = [] if is_decode else [table[row, S:p + n] for row, p, n in

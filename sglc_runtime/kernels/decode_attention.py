@@ -1,7 +1,8 @@
 """Paged decode attention as a Triton kernel: each request's single query attends its KV slots
 read straight from the pool through its row of slot indices, so K/V are never gathered into a
 padded copy (the PyTorch path in attention/torch_attention.py gathers them, which costs a copy
-of every key per layer). One program per (request, query head); keys stream in blocks with an online softmax.
+of every key per layer). One program per (request, query head); keys stream in blocks with an
+online softmax.
 
 `decode_attention_ref` is the plain PyTorch statement of the same contract. The kernel runs on
 CUDA, and on the CPU under TRITON_INTERPRET=1 (how the tests check it without a GPU)."""
