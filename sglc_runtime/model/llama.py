@@ -20,7 +20,13 @@ class LlamaRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        if x.is_cuda:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # HF's LlamaRMSNorm, op for op: on the CPU torch's rms_norm decomposes into more ops
+        # (a 16-row bf16 decode step measured 1.6 ms faster over its 61 norms this way)
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)).to(x.dtype) \
+            * self.weight
 
 
 class LlamaRotaryEmbedding(nn.Module):
