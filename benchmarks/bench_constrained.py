@@ -12,9 +12,9 @@ from pathlib import Path
 import jsonschema
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, bar_plot, save, timed  # noqa: E402
+from common import RESULTS, bar_plot, save, timed
 
-from sglc_runtime.engine import Engine  # noqa: E402
+from sglc_runtime.engine import Engine
 
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 16},

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, bar_plot, save  # noqa: E402
+from common import RESULTS, bar_plot, save
 
-from sglc_runtime.attention import attend  # noqa: E402
-from sglc_runtime.model.packed_linear import PackedLinear  # noqa: E402
+from sglc_runtime.attention import attend
+from sglc_runtime.model.packed_linear import PackedLinear
 
 # (out, in) of the decoder's fused projections and the LM head
 LINEARS = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536),

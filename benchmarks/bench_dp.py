@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, bar_plot, save  # noqa: E402
+from common import RESULTS, bar_plot, save
 
 ISOLATION = [("in_process", False), ("in_process", True), ("process", False), ("process", True)]
 DP = [("1 process", 1, "cache_aware"), ("2 replicas, cache-aware", 2, "cache_aware"),
@@ -30,6 +30,7 @@ DP = [("1 process", 1, "cache_aware"), ("2 replicas, cache-aware", 2, "cache_awa
 
 def isolation_worker(mode: str, busy: bool, repeats: int) -> dict:
     import torch
+
     from sglc_runtime.engine import Engine
 
     eng = Engine(engine_in_process=(mode == "in_process"))
@@ -64,8 +65,9 @@ def multi_turn(s, question):
 
 
 def dp_worker(dp_size: int, policy: str, num_programs: int) -> dict:
-    import sglc as sgl
     from bench_lang import make_programs
+
+    import sglc as sgl
 
     class A:  # bench_lang's workload knobs
         num_shots, branches, max_new_tokens = 20, 3, 16

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, bar_plot, load_hf, load_llama_cpp, save, timed  # noqa: E402
+from common import RESULTS, bar_plot, load_hf, load_llama_cpp, save, timed
 
-from sglc_runtime.config import parse_dtype  # noqa: E402
-from sglc_runtime.engine import Engine  # noqa: E402
+from sglc_runtime.config import parse_dtype
+from sglc_runtime.engine import Engine
 
 SLOW_S = 20  # a timing whose first run takes longer is not repeated
 
@@ -244,7 +244,7 @@ def main():
                 systems["sglc (no int4 decode)"]["decode_b1_tok_s"] / lc["decode_b1_tok_s"])
     if "HF transformers" in systems:
         hf = systems["HF transformers"]
-        ratios.update({f"{k}_vs_hf": ours[k] / hf[k] for k in ours if k in hf and hf[k]})
+        ratios.update({f"{k}_vs_hf": ours[k] / hf[k] for k in ours if hf.get(k)})
     result = {"workload": {k: getattr(args, k) for k in ("prefill_len", "batch", "decode_len",
                                                           "prefix_len", "num_shared",
                                                           "shared_new", "repeats")},

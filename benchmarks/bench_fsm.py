@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import gguf
+
 from sglc_runtime.constrained.json_schema import json_schema_to_regex
 from sglc_runtime.constrained.regex_fsm import regex_to_byte_dfa
 from sglc_runtime.constrained.token_index import build_token_index, build_vocab_trie

@@ -14,6 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_engine import bench_sglc, make_workload
 from common import RESULTS, bar_plot, save
+
 from sglc_runtime.config import parse_dtype
 from sglc_runtime.engine import Engine
 

@@ -76,8 +76,9 @@ def bench_hf(args, prefix, questions) -> dict | None:
     model = load_hf()
     if model is None:
         return None
-    from sglc_runtime.model_source import default_model_path
     from transformers import AutoTokenizer
+
+    from sglc_runtime.model_source import default_model_path
 
     path = default_model_path()
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

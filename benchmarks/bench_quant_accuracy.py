@@ -19,6 +19,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, bar_plot, load_llama_cpp, save
+
 from sglc_runtime.engine import Engine
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Write a haiku about the sea.\n",

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, bar_plot, save  # noqa: E402
+from common import RESULTS, bar_plot, save
 
 TOPICS = ["the sea", "a city at night", "autumn", "a robot", "coffee", "mountains", "a library",
           "the moon", "trains", "a garden", "winter", "music"]

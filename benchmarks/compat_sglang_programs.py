@@ -16,7 +16,7 @@ import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import save  # noqa: E402
+from common import save
 
 
 def load_programs(frontend: Path) -> types.ModuleType:

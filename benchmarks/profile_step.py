@@ -12,9 +12,10 @@ import statistics
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+
 from sglc_runtime import engine_core, model_runner
 from sglc_runtime.engine import Engine
-from torch.profiler import ProfilerActivity, profile
 
 
 def main():

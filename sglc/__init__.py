@@ -2,6 +2,8 @@
 
 from sglc_runtime.errors import SglcError
 
+from . import ir
+from .compiler import compile
 from .lang.api import (
     assistant,
     assistant_begin,
@@ -35,9 +37,6 @@ from .lang.global_config import global_config
 from .lang.primitives import ProgramError
 from .lang.state import ProgramState, ProgramStateGroup
 
-from . import ir
-from .compiler import compile
-
 __version__ = "0.1.0"
 __all__ = [
     "ChatTemplate",
@@ -55,7 +54,6 @@ __all__ = [
     "assistant_begin",
     "assistant_end",
     "compile",
-    "ir",
     "flush_cache",
     "function",
     "gen",
@@ -64,12 +62,12 @@ __all__ = [
     "get_chat_template",
     "get_default_backend",
     "global_config",
-    "image",
-    "separate_reasoning",
-    "video",
     "greedy_token_selection",
+    "image",
+    "ir",
     "register_chat_template",
     "select",
+    "separate_reasoning",
     "set_default_backend",
     "system",
     "system_begin",
@@ -79,6 +77,7 @@ __all__ = [
     "user",
     "user_begin",
     "user_end",
+    "video",
 ]
 
 

@@ -37,6 +37,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+
     from sglc_runtime.engine import Engine
     from sglc_runtime.server.app import create_app
 

@@ -6,8 +6,7 @@ import threading
 import pytest
 
 import sglc as sgl
-from sglc.lang.backend import BaseBackend
-from sglc.lang.backend import TokenUsage
+from sglc.lang.backend import BaseBackend, TokenUsage
 from sglc.lang.chat_template import get_chat_template
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from sglc_runtime.constrained import build_constraint, clear_memory_cache, compile_regex
 from sglc_runtime.constrained import compile as compile_mod
 from sglc_runtime.constrained.regex_fsm import regex_to_byte_dfa
@@ -30,6 +31,7 @@ PATTERNS = [
 @pytest.fixture(scope="module")
 def tok():
     import gguf
+
     from sglc_runtime.model_source import default_model_path
     from sglc_runtime.tokenizer import Tokenizer
 

@@ -7,6 +7,7 @@ import re
 import jsonschema
 import numpy as np
 import pytest
+
 from sglc_runtime.constrained import (
     compile_regex,
     dtype_regex,
@@ -54,6 +55,7 @@ SCHEMAS = {
 @pytest.fixture(scope="module")
 def tok():
     import gguf
+
     from sglc_runtime.model_source import default_model_path
     from sglc_runtime.tokenizer import Tokenizer
 

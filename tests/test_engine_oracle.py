@@ -112,9 +112,10 @@ def test_bfloat16_logprobs_are_as_close_to_hf_as_hf_bfloat16(hf_model):
     """The bf16 engine (the CPU default where bf16 matmul is native: packed oneDNN linears,
     matmul attention) against float32 HF: its input-logprob error is at most twice HF's own
     bf16 error on the same positions, and the next token is float32 HF's."""
+    from transformers import AutoModelForCausalLM
+
     from sglc_runtime.engine import Engine
     from sglc_runtime.model_source import default_model_path
-    from transformers import AutoModelForCausalLM
 
     path = default_model_path()
     hf_bf16 = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,

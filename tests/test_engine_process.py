@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+
 from sglc_runtime.engine import Engine
 from sglc_runtime.errors import EngineClosedError, EngineDiedError
 

@@ -5,7 +5,11 @@ import torch
 from torch import nn
 
 from sglc_runtime.model.int4 import (
-    Bf16DecodeLinear, Int4DecodeLinear, dequantize_int4, int4_available, quantize_int4,
+    Bf16DecodeLinear,
+    Int4DecodeLinear,
+    dequantize_int4,
+    int4_available,
+    quantize_int4,
 )
 
 pytestmark = pytest.mark.skipif(not int4_available(), reason="no packed int4 matmul in torch")

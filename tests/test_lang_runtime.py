@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from sglc_runtime.errors import InvalidRequestError
 
 import sglc as sgl
+from sglc_runtime.errors import InvalidRequestError
 
 FEW_SHOT = """Answer with one word.
 Question: What color is snow?

@@ -3,12 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from sglc_runtime.model.packed_linear import (
     PackedLinear,
     prepack_linears,
     prepacked_linear_available,
 )
-from torch import nn
 
 pytestmark = pytest.mark.skipif(not prepacked_linear_available(), reason="no oneDNN in torch")
 

@@ -1,6 +1,7 @@
 """The cache-aware router's choices (pure logic, no engines)."""
 
 import pytest
+
 from sglc_runtime.errors import EngineDiedError
 from sglc_runtime.router import PrefixIndex, Router
 

@@ -5,6 +5,7 @@ the KV accounting after every step."""
 from types import SimpleNamespace
 
 import torch
+
 from sglc_runtime.config import EngineConfig
 from sglc_runtime.engine_core import EngineCore
 from sglc_runtime.forward_batch import build_forward_batch

@@ -188,6 +188,7 @@ def test_unknown_model_is_404(client):
 # ---- security defaults ------------------------------------------------------------------------
 def test_api_key_guards_every_route_and_size_limit(engine):
     from conftest import start_server
+
     from sglc_runtime.server.app import create_app
 
     url, stop = start_server(create_app(engine, "smol", api_key="s3cret",

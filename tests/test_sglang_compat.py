@@ -183,8 +183,9 @@ def test_separate_reasoning_trace_cache_and_token_usage(runtime):
 
 def test_every_package_is_installed():
     """A package folder missing from pyproject's list would vanish from a non-editable install."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parent.parent
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]

@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sglc_runtime.errors import SglcError
 
+from ..lang.backend import BaseBackend
 from ..lang.chat_template import ChatTemplate, get_chat_template
 from ..lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from ..lang.primitives import SglSamplingParams
-from ..lang.backend import BaseBackend
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from sglc_runtime.engine import Engine
 from sglc_runtime.jump_forward import common_prefix_len
 
+from ..lang.backend import BaseBackend
 from ..lang.chat_template import ChatTemplate, get_chat_template, template_for_model
 from ..lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from ..lang.primitives import ProgramError, SglSamplingParams
-from ..lang.backend import BaseBackend
 
 logger = logging.getLogger(__name__)
 

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import sglc as sgl
 
 SUBJECTS = ["astronomy", "biology", "chemistry", "economics", "geography", "history", "law",
             "medicine", "music", "physics", "psychology", "statistics"]
-WORDS = ("river mountain engine garden letter window signal market bridge forest harbor "
-         "lantern meadow orbit pepper quartz saddle timber velvet winter anchor basket candle "
-         "desert echo falcon glacier hammer island jacket kettle ladder marble needle ocean "
-         "pillow ribbon silver tunnel umbrella valley wagon yellow zephyr").split()
+_WORD_TEXT = ("river mountain engine garden letter window signal market bridge forest harbor "
+              "lantern meadow orbit pepper quartz saddle timber velvet winter anchor basket "
+              "candle desert echo falcon glacier hammer island jacket kettle ladder marble "
+              "needle ocean pillow ribbon silver tunnel umbrella valley wagon yellow zephyr")
+WORDS = _WORD_TEXT.split()
 
 
 def finished(_value) -> float:

@@ -13,8 +13,8 @@ from dataclasses import fields
 from sglc_runtime.errors import SglcError
 
 from ..ir.ops import GEN_PARAMS, Op
-from .errors import CompileError, ProgramCheckError
 from .builder import Const, GroupRef, StateRef, Val, json_exact
+from .errors import CompileError, ProgramCheckError
 from .fold import (
     PURE_METHODS,
     Unknown,
