@@ -106,7 +106,8 @@ class ModelRunner:
                                        cfg.device)
         logger.info("KV pool: %d token slots (%.0f MB)", size, self._bytes_per_token() * size / 1e6)
         # config resolved "auto" on CUDA; on the CPU the faster implementation for the dtype
-        self.attention = create_attention_backend(cfg.attention_backend, cfg.dtype)
+        self.attention = create_attention_backend(cfg.attention_backend, cfg.dtype,
+                                                  cpu_kernel=not cfg.disable_cpu_decode_kernel)
         self.cuda_graphs = None
         if cfg.device == "cuda" and not cfg.disable_cuda_graph:
             self.cuda_graphs = CudaGraphRunner(self.model, self.kv_pool, cfg.cuda_graph_max_bs,

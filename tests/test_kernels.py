@@ -88,3 +88,43 @@ def test_triton_backend_equals_torch_backend_on_a_mixed_batch():
         assert fb.attn.padded_rows is not None  # the one-token rows ride in one padded call
         outs.append(paged_attention(0, q, k, v, fb, pool, hd ** -0.5))
     torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=1e-5)
+
+
+# ---- the CPU decode kernel (C, AVX-512-BF16; kernels/cpu_decode.py) --------------------------
+def _cpu_kernel():
+    from sglc_runtime.kernels import cpu_decode
+
+    if not cpu_decode.cpu_decode_available():
+        pytest.skip("no AVX-512-BF16 CPU or no C compiler: the CPU decode kernel is not built")
+    return cpu_decode
+
+
+@pytest.mark.parametrize("b,n_q,n_kv,hd,max_len", [(3, 6, 2, 32, 37), (2, 9, 3, 64, 600),
+                                                   (1, 4, 4, 32, 1), (5, 8, 1, 64, 130),
+                                                   (2, 12, 4, 128, 70)])
+def test_cpu_decode_kernel_matches_reference(b, n_q, n_kv, hd, max_len):
+    k = _cpu_kernel()
+    q, kb, vb, idx, lens = (t.cpu() for t in _case(b, n_q, n_kv, hd, 700, max_len,
+                                                    torch.bfloat16, seed=max_len + hd))
+    out = k.cpu_decode_attention(q, kb, vb, idx, lens, hd ** -0.5)
+    ref = decode_attention_ref(q.float(), kb.float(), vb.float(), idx, lens, hd ** -0.5)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=8e-3, rtol=1e-2)  # (bf16 output)
+    idx2 = idx.clone()
+    idx2[torch.arange(max_len)[None, :] >= lens[:, None]] = 699  # garbage past each length
+    assert torch.equal(k.cpu_decode_attention(q, kb, vb, idx2, lens, hd ** -0.5), out)
+
+
+def test_cpu_decode_kernel_is_what_the_torch_backend_uses_for_bf16_decode():
+    from sglc_runtime.attention import TorchAttention
+    from sglc_runtime.attention.metadata import AttentionMetadata
+
+    k = _cpu_kernel()
+    q, kb, vb, idx, lens = (t.cpu() for t in _case(4, 9, 3, 64, 500, 90, torch.bfloat16, 7))
+    md = AttentionMetadata([], padded_kv_indices=idx, kv_lens=lens,
+                           kv_mask=(torch.arange(90)[None] < lens[:, None])[:, None, None, :])
+    assert k.cpu_decode_supports(q, kb) and not k.cpu_decode_supports(q.float(), kb.float())
+    with_kernel = TorchAttention("sdpa", cpu_kernel=True).decode(q, kb, vb, md, 0.125)
+    plain = TorchAttention("sdpa").decode(q, kb, vb, md, 0.125)
+    assert torch.equal(with_kernel, k.cpu_decode_attention(q, kb, vb, idx, lens, 0.125))
+    torch.testing.assert_close(with_kernel.float(), plain.float(), atol=8e-3, rtol=1e-2)

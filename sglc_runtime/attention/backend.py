@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.cpu_decode import cpu_decode_attention, cpu_decode_supports
 from ..kv_pool import TokenToKVPool
 from . import torch_attention
 from .metadata import AttentionMetadata, build_metadata
@@ -86,9 +87,10 @@ class TorchAttention(AttentionBackend):
     """PyTorch attention (`torch_attention.py`): `impl` "sdpa" (torch's fused kernels) or
     "matmul" (`attend`: two matmuls around a float32 softmax; CPU 16-bit only)."""
 
-    def __init__(self, impl: str = "sdpa"):
+    def __init__(self, impl: str = "sdpa", cpu_kernel: bool = False):
         assert impl in ("sdpa", "matmul"), f"unknown PyTorch attention {impl!r}"
         self.name = self.impl = impl
+        self.cpu_kernel = cpu_kernel  # bf16 decode rows through kernels/cpu_decode.py
 
     def min_cascade_rows(self, device) -> int:
         return CPU_CASCADE_MIN_ROWS[self.impl] if torch.device(device).type == "cpu" else 0
@@ -105,6 +107,8 @@ class TorchAttention(AttentionBackend):
 
     def decode(self, q, kbuf, vbuf, md: AttentionMetadata, scale: float) -> torch.Tensor:
         """The padded one-token rows: q (b, n_q, hd) -> (b, n_q, hd)."""
+        if self.cpu_kernel and cpu_decode_supports(q, kbuf):
+            return cpu_decode_attention(q, kbuf, vbuf, md.padded_kv_indices, md.kv_lens, scale)
         return torch_attention.decode(q, kbuf, vbuf, md, scale, self.impl)
 
 
@@ -122,14 +126,16 @@ class TritonAttention(TorchAttention):
         return decode_attention(q, kbuf, vbuf, md.padded_kv_indices, md.kv_lens, scale)
 
 
-def create_attention_backend(name: str, dtype: torch.dtype) -> AttentionBackend:
+def create_attention_backend(name: str, dtype: torch.dtype,
+                             cpu_kernel: bool = True) -> AttentionBackend:
     """The backend `name` names ("auto": the CPU's faster PyTorch implementation in `dtype`,
-    timed once per process by `fastest_cpu_attention`)."""
+    timed once per process by `fastest_cpu_attention`); with `cpu_kernel`, bf16 decode rows on
+    the CPU go through the C kernel where the machine runs it."""
     if name == "triton":
         return TritonAttention()
     if name == "auto":
         name = torch_attention.fastest_cpu_attention(dtype)
-    return TorchAttention(name)
+    return TorchAttention(name, cpu_kernel)
 
 
 def paged_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb,
