@@ -91,8 +91,10 @@ static void one_request(const uint16_t *q, const uint16_t *k, const uint16_t *v,
         }
         for (int j = 0; j < n_q; j++) { /* online softmax over this block */
             float mx = m[j];
+#pragma omp simd reduction(max : mx)
             for (int t = 0; t < nb; t++) mx = s[j][t] > mx ? s[j][t] : mx;
             float corr = exp_neg(m[j] - mx), sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
             for (int t = 0; t < nb; t++) {
                 s[j][t] = exp_neg(s[j][t] - mx);
                 sum += s[j][t];
