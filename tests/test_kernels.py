@@ -128,3 +128,12 @@ def test_cpu_decode_kernel_is_what_the_torch_backend_uses_for_bf16_decode():
     plain = TorchAttention("sdpa").decode(q, kb, vb, md, 0.125)
     assert torch.equal(with_kernel, k.cpu_decode_attention(q, kb, vb, idx, lens, 0.125))
     torch.testing.assert_close(with_kernel.float(), plain.float(), atol=8e-3, rtol=1e-2)
+
+
+def test_cpu_decode_kernel_without_a_compiler_stays_on_pytorch(monkeypatch, tmp_path, caplog):
+    from sglc_runtime.kernels import cpu_decode
+
+    monkeypatch.setattr(cpu_decode.shutil, "which", lambda name: None)
+    with caplog.at_level("WARNING"):
+        assert cpu_decode._build(tmp_path / "k.so") is False
+    assert "no C compiler" in caplog.text and not (tmp_path / "k.so").exists()

@@ -63,7 +63,7 @@ def _build(out: Path) -> bool:
 @functools.cache
 def _library():
     if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64") \
-            or not _NEEDS <= _cpu_flags():
+            or not _NEEDS <= _cpu_flags() or not _SRC.is_file():
         return None
     from ..model_source import cache_dir
 
