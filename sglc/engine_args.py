@@ -30,9 +30,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cuda-graph-max-bs", type=int, default=160)
     g.add_argument("--disable-prepacked-linear", action="store_true",
                    help="on the CPU, use torch's F.linear instead of oneDNN-packed weights")
-    g.add_argument("--disable-cpu-decode-kernel", action="store_true",
-                   help="on AVX-512-BF16 CPUs, attend bf16 decode rows through PyTorch (gather "
-                        "+ SDPA) instead of the C kernel that reads the KV pool in place")
+    g.add_argument("--disable-cpu-kernels", action="store_true",
+                   help="on AVX-512-BF16 CPUs, run bf16 decode attention and RMSNorm as PyTorch "
+                        "ops instead of the C kernels (decode attention reads the KV pool in "
+                        "place there)")
     g.add_argument("--disable-fp32-logits", action="store_true",
                    help="in bfloat16, keep the LM head's 16-bit logits (by default each row's "
                         "top candidates are recomputed in float32)")
@@ -54,7 +55,7 @@ ENGINE_KWARGS = ("model_path", "dtype", "max_total_tokens", "max_running_request
                  "chunked_prefill_size", "schedule_policy", "disable_radix_cache",
                  "disable_regex_jump_forward", "disable_cascade_attention", "attention_backend",
                  "disable_cuda_graph", "cuda_graph_max_bs", "disable_prepacked_linear",
-                 "disable_cpu_decode_kernel",
+                 "disable_cpu_kernels",
                  "disable_fp32_logits", "quantization", "engine_in_process", "dp_size",
                  "router_policy")
 

@@ -89,9 +89,9 @@ class EngineConfig:
     disable_prepacked_linear: bool = False
     # in 16 bits, each row's top logits are recomputed in float32 (model/llama.py)
     disable_fp32_logits: bool = False
-    # on AVX-512-BF16 CPUs, bf16 decode rows attend through a C kernel reading the KV pool in
-    # place (kernels/cpu_decode_attention.c) instead of gather + SDPA / matmul
-    disable_cpu_decode_kernel: bool = False
+    # on AVX-512-BF16 CPUs, bf16 decode attention (reading the KV pool in place) and RMSNorm
+    # run as C kernels (kernels/cpu_kernels.py) instead of PyTorch ops
+    disable_cpu_kernels: bool = False
     context_length: int | None = None
     num_threads: int | None = None
     check_invariants: bool = False  # verify KV accounting after every step (tests)

@@ -29,7 +29,7 @@ def load_model(cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Tokeni
     path = resolve_model_path(cfg.model_path)
     cfg.quantization = resolve_quantization(path, cfg)
     key = (str(path.resolve()), cfg.dtype, cfg.device, cfg.quantization,
-           cfg.disable_prepacked_linear, cfg.disable_fp32_logits)
+           cfg.disable_prepacked_linear, cfg.disable_fp32_logits, cfg.disable_cpu_kernels)
     if key not in _LOADED:
         _LOADED[key] = _load(path, cfg)
     return _LOADED[key]
@@ -81,6 +81,12 @@ def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Token
 
         if prepacked_linear_available():
             prepack_linears(model)
+    if cfg.device == "cpu" and not cfg.disable_cpu_kernels:
+        from .model.llama import LlamaRMSNorm
+
+        for m in model.modules():
+            if isinstance(m, LlamaRMSNorm):
+                m.cpu_kernel = True  # bf16 rows through kernels/cpu_kernels.py where it runs
     logger.info("loaded %s (%s, %d layers) in %.1fs as %s on %s", mcfg.name, path.name,
                 mcfg.num_hidden_layers, time.perf_counter() - t0, cfg.dtype, cfg.device)
     return mcfg, model, tok
@@ -107,7 +113,7 @@ class ModelRunner:
         logger.info("KV pool: %d token slots (%.0f MB)", size, self._bytes_per_token() * size / 1e6)
         # config resolved "auto" on CUDA; on the CPU the faster implementation for the dtype
         self.attention = create_attention_backend(cfg.attention_backend, cfg.dtype,
-                                                  cpu_kernel=not cfg.disable_cpu_decode_kernel)
+                                                  cpu_kernel=not cfg.disable_cpu_kernels)
         self.cuda_graphs = None
         if cfg.device == "cuda" and not cfg.disable_cuda_graph:
             self.cuda_graphs = CudaGraphRunner(self.model, self.kv_pool, cfg.cuda_graph_max_bs,

@@ -90,13 +90,13 @@ def test_triton_backend_equals_torch_backend_on_a_mixed_batch():
     torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=1e-5)
 
 
-# ---- the CPU decode kernel (C, AVX-512-BF16; kernels/cpu_decode.py) --------------------------
+# ---- the CPU kernels (C, AVX-512-BF16; kernels/cpu_kernels.py) -------------------------------
 def _cpu_kernel():
-    from sglc_runtime.kernels import cpu_decode
+    from sglc_runtime.kernels import cpu_kernels
 
-    if not cpu_decode.cpu_decode_available():
+    if not cpu_kernels.cpu_kernels_available():
         pytest.skip("no AVX-512-BF16 CPU or no C compiler: the CPU decode kernel is not built")
-    return cpu_decode
+    return cpu_kernels
 
 
 @pytest.mark.parametrize("b,n_q,n_kv,hd,max_len", [(3, 6, 2, 32, 37), (2, 9, 3, 64, 600),
@@ -130,10 +130,57 @@ def test_cpu_decode_kernel_is_what_the_torch_backend_uses_for_bf16_decode():
     torch.testing.assert_close(with_kernel.float(), plain.float(), atol=8e-3, rtol=1e-2)
 
 
-def test_cpu_decode_kernel_without_a_compiler_stays_on_pytorch(monkeypatch, tmp_path, caplog):
-    from sglc_runtime.kernels import cpu_decode
+def test_cpu_kernels_without_a_compiler_or_a_writable_cache_stay_on_pytorch(monkeypatch,
+                                                                             tmp_path, caplog):
+    from sglc_runtime.kernels import cpu_kernels
 
-    monkeypatch.setattr(cpu_decode.shutil, "which", lambda name: None)
+    (tmp_path / "file").write_text("not a folder")
+    with caplog.at_level("WARNING"):  # the cache folder cannot be made: a warning, no raise
+        assert cpu_kernels._build(tmp_path / "file" / "kernels" / "k.so") is False
+    assert "could not build" in caplog.text
+    monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: None)
     with caplog.at_level("WARNING"):
-        assert cpu_decode._build(tmp_path / "k.so") is False
+        assert cpu_kernels._build(tmp_path / "k.so") is False
     assert "no C compiler" in caplog.text and not (tmp_path / "k.so").exists()
+
+
+def test_cpu_decode_kernel_survives_scores_that_overflow_to_minus_infinity():
+    k = _cpu_kernel()
+    hd = 32
+    q = torch.full((1, 2, hd), 1e30).bfloat16()
+    kb = torch.full((200, 1, hd), 1e-3).bfloat16()
+    kb[1:65] = -1e30  # the first 64 keys' scores overflow to -inf in float32
+    vb = torch.randn(200, 1, hd).bfloat16()
+    idx, lens = torch.arange(1, 101)[None], torch.tensor([100])
+    out = k.cpu_decode_attention(q, kb, vb, idx, lens, 1.0)
+    assert torch.isfinite(out.float()).all()
+    torch.testing.assert_close(out.float(), vb[65:101].float().mean(0).expand(1, 2, hd),
+                               atol=8e-3, rtol=1e-2)  # the finite keys tie: their mean
+
+
+@pytest.mark.parametrize("rows", [1, 16, 300])
+def test_cpu_rms_norm_is_the_pytorch_path(rows):
+    """The same float32 steps as the PyTorch path; only the order of the sum of squares differs
+    (torch's mean sums in blocks), which can move a result by one bfloat16 step."""
+    from sglc_runtime.model.llama import LlamaRMSNorm
+
+    k = _cpu_kernel()
+    g = torch.Generator().manual_seed(rows)
+    norm = LlamaRMSNorm(576, 1e-5).bfloat16()
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(576, generator=g))
+    x = (torch.randn(rows, 576, generator=g) * 3).bfloat16()
+    assert k.cpu_rms_norm_supports(x, norm.weight)
+    def same(a, b):
+        torch.testing.assert_close(a.float(), b.float(), rtol=8e-3, atol=1e-6)
+        assert (a == b).float().mean() > 0.99
+
+    plain = norm(x)  # cpu_kernel is off until the loader turns it on
+    norm.cpu_kernel = True
+    same(norm(x), plain)
+    assert torch.equal(norm(x), k.cpu_rms_norm(x, norm.weight.detach(), 1e-5))
+    wide = torch.randn(rows, 1152).bfloat16()[:, :576]  # rows 1152 apart
+    norm.cpu_kernel = False
+    plain_wide = norm(wide)
+    norm.cpu_kernel = True
+    same(norm(wide), plain_wide)

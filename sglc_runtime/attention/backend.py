@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.cpu_decode import cpu_decode_attention, cpu_decode_supports
+from ..kernels.cpu_kernels import cpu_decode_attention, cpu_decode_supports
 from ..kv_pool import TokenToKVPool
 from . import torch_attention
 from .metadata import AttentionMetadata, build_metadata
@@ -90,7 +90,7 @@ class TorchAttention(AttentionBackend):
     def __init__(self, impl: str = "sdpa", cpu_kernel: bool = False):
         assert impl in ("sdpa", "matmul"), f"unknown PyTorch attention {impl!r}"
         self.name = self.impl = impl
-        self.cpu_kernel = cpu_kernel  # bf16 decode rows through kernels/cpu_decode.py
+        self.cpu_kernel = cpu_kernel  # bf16 decode rows through kernels/cpu_kernels.py
 
     def min_cascade_rows(self, device) -> int:
         return CPU_CASCADE_MIN_ROWS[self.impl] if torch.device(device).type == "cpu" else 0

@@ -2,7 +2,7 @@
  * per head attends its KV slots read straight from the pool (no gathered copy). One task per
  * request reads each key row once for all its heads; q.k products are bf16 pairs summed in
  * float32 (vdpbf16ps), the softmax and the weighted sum of values are float32. Built by
- * cpu_decode.py; the contract is decode_attention_ref's in decode_attention.py.
+ * cpu_kernels.py; the contract is decode_attention_ref's in decode_attention.py.
  *
  * q: (b, n_q, hd); k, v: pool rows of `kv_row` elements ((n_kv, hd) each, head h at h * hd);
  * idx: (b, idx_stride) slot of each position, the first lens[i] used; out: (b, n_q, hd).
@@ -93,6 +93,10 @@ static void one_request(const uint16_t *q, const uint16_t *k, const uint16_t *v,
             float mx = m[j];
 #pragma omp simd reduction(max : mx)
             for (int t = 0; t < nb; t++) mx = s[j][t] > mx ? s[j][t] : mx;
+            if (mx == -INFINITY) { /* every score so far overflowed to -inf: nothing seen */
+                for (int t = 0; t < nb; t++) s[j][t] = 0.0f;
+                continue;
+            }
             float corr = exp_neg(m[j] - mx), sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
             for (int t = 0; t < nb; t++) {

@@ -10,6 +10,7 @@ from torch import nn
 from ..attention import paged_attention
 from ..config import ModelConfig
 from ..forward_batch import ForwardBatch
+from ..kernels.cpu_kernels import cpu_rms_norm, cpu_rms_norm_supports
 from ..kv_pool import TokenToKVPool
 
 
@@ -18,10 +19,13 @@ class LlamaRMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.cpu_kernel = False  # set by the loader unless --disable-cpu-kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        if self.cpu_kernel and cpu_rms_norm_supports(x, self.weight):
+            return cpu_rms_norm(x, self.weight, self.eps)  # the lines below, in C
         # HF's LlamaRMSNorm, op for op: on the CPU torch's rms_norm decomposes into more ops
         # (a 16-row bf16 decode step measured 1.6 ms faster over its 61 norms this way)
         xf = x.float()

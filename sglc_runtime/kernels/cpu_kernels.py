@@ -1,0 +1,146 @@
+"""The CPU kernels in C for bfloat16 on AVX-512-BF16 CPUs: paged decode attention reading the
+KV pool in place (`cpu_decode_attention.c`) and RMSNorm (`cpu_rms_norm.c`). Compiled together
+once per machine with the system C compiler into the sglc cache (explicit AVX-512 flags, never
+-march=native, which can fault on VMs that advertise AMX), loaded with ctypes and called on
+tensors' data pointers. Where the CPU lacks the instructions, or no compiler or no writable
+cache is there, `cpu_kernels_available()` is False and the PyTorch paths run. References:
+`decode_attention_ref` (decode_attention.py) and `LlamaRMSNorm`'s PyTorch path (model/llama.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_HERE = Path(__file__).parent
+_SOURCES = (_HERE / "cpu_decode_attention.c", _HERE / "cpu_rms_norm.c")
+_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma",
+          "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
+_NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "fma"}
+_P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+_SIGNATURES = {
+    "bf16_decode_attention": ([_P, _P, _P, _P, _I64, _P, _P, _I, _I, _I, _I, _I64,
+                               ctypes.c_float, _I], ctypes.c_int),
+    "bf16_rms_norm": ([_P, _I64, _P, _P, _I64, _I64, _I, ctypes.c_float, _I], None),
+}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _build(out: Path) -> bool:
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        logger.warning("no C compiler found (set CC): the CPU kernels stay on PyTorch")
+        return False
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            so = Path(tmp) / out.name
+            proc = subprocess.run([cc, *_FLAGS, *map(str, _SOURCES), "-o", str(so), "-lm"],
+                                  capture_output=True, text=True, check=False, timeout=300)
+            if proc.returncode == 0:
+                os.replace(so, out)  # atomic: engines building at once each see a whole file
+                return True
+    except (OSError, subprocess.SubprocessError) as e:
+        logger.warning("could not build the CPU kernels into %s (%s): they stay on PyTorch",
+                       out.parent, e)
+        return False
+    logger.warning("the CPU kernels did not compile (%s): they stay on PyTorch",
+                   (proc.stderr.strip().splitlines() or ["?"])[-1])
+    return False
+
+
+@functools.cache
+def _library():
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64") \
+            or not _NEEDS <= _cpu_flags() or not all(p.is_file() for p in _SOURCES):
+        return None
+    from ..model_source import cache_dir
+
+    text = b"".join(p.read_bytes() for p in _SOURCES) + " ".join(_FLAGS).encode()
+    out = cache_dir() / "kernels" / f"cpu_kernels_{hashlib.sha256(text).hexdigest()[:16]}.so"
+    if not out.exists() and not _build(out):
+        return None
+    try:
+        lib = ctypes.CDLL(str(out))
+    except OSError as e:
+        logger.warning("could not load %s (%s): the CPU kernels stay on PyTorch", out, e)
+        return None
+    for name, (args, res) in _SIGNATURES.items():
+        getattr(lib, name).argtypes, getattr(lib, name).restype = args, res
+    return lib
+
+
+def cpu_kernels_available() -> bool:
+    """Whether this machine runs the kernels (AVX-512-BF16 and a C compiler; built once)."""
+    return _library() is not None
+
+
+def cpu_decode_supports(q: torch.Tensor, k_buf: torch.Tensor) -> bool:
+    """Whether the decode kernel takes this call: bfloat16 CPU tensors, head_dim a multiple of
+    32 up to 256, at most 64 query heads in groups over the KV heads."""
+    n_q, hd = q.shape[1], q.shape[2]
+    return (q.device.type == "cpu" and q.dtype == k_buf.dtype == torch.bfloat16
+            and hd % 32 == 0 and hd <= 256 and n_q <= 64 and n_q % k_buf.shape[1] == 0
+            and cpu_kernels_available())
+
+
+def cpu_decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+                         kv_indices: torch.Tensor, kv_lens: torch.Tensor,
+                         scale: float) -> torch.Tensor:
+    """q: (b, n_q, hd); k_buf, v_buf: (slots, n_kv, hd); kv_indices: (b, L) slots (the first
+    kv_lens[i] of row i are read); kv_lens: (b,). Returns (b, n_q, hd) bfloat16. Check
+    `cpu_decode_supports` first."""
+    b, n_q, hd = q.shape
+    assert k_buf.stride()[1:] == (hd, 1) and v_buf.stride() == k_buf.stride(), "pool layout"
+    q = q.contiguous()
+    idx = kv_indices.to(torch.int64)
+    idx = idx if idx.stride(1) == 1 else idx.contiguous()
+    lens = kv_lens.to(torch.int64).contiguous()
+    assert not b or int(lens.max()) <= idx.shape[1], "kv_lens longer than kv_indices"
+    out = torch.empty_like(q)
+    rc = _library().bf16_decode_attention(
+        q.data_ptr(), k_buf.data_ptr(), v_buf.data_ptr(), idx.data_ptr(), idx.stride(0),
+        lens.data_ptr(), out.data_ptr(), b, n_q, k_buf.shape[1], hd, k_buf.stride(0), scale,
+        torch.get_num_threads())
+    assert rc == 0, "cpu_decode_attention: unsupported shapes (check cpu_decode_supports)"
+    return out
+
+
+def cpu_rms_norm_supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """bfloat16 CPU rows (last dim contiguous) and a bfloat16 weight of that width."""
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16
+            and x.dim() == 2 and x.stride(1) == 1 and weight.is_contiguous()
+            and weight.shape == (x.shape[1],) and cpu_kernels_available())
+
+
+def cpu_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's RMSNorm of rows x (T, D) bfloat16 (the same float32 steps; the sum of squares in
+    another order, so a value can differ by one bfloat16 step); check
+    `cpu_rms_norm_supports`."""
+    out = torch.empty(x.shape, dtype=x.dtype)
+    _library().bf16_rms_norm(x.data_ptr(), x.stride(0), weight.data_ptr(), out.data_ptr(),
+                             out.stride(0), x.shape[0], x.shape[1], eps,
+                             torch.get_num_threads())
+    return out
