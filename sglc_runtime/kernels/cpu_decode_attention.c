@@ -54,14 +54,15 @@ static inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
+/* one request's query heads j = h0 * g .. h1 * g - 1, those of KV heads h0 .. h1 - 1 */
 static void one_request(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                        const int64_t *slots, int64_t len, uint16_t *out, int n_q, int n_kv,
-                        int hd, int64_t kv_row, float scale) {
-    int g = n_q / n_kv, nv = hd / 32;
+                        const int64_t *slots, int64_t len, uint16_t *out, int h0, int h1,
+                        int n_q, int n_kv, int hd, int64_t kv_row, float scale) {
+    int g = n_q / n_kv, nv = hd / 32, j0 = h0 * g, j1 = h1 * g;
     __m512bh qv[MAX_HEADS][MAX_HD / 32];
     float s[MAX_HEADS][BLOCK + 4], m[MAX_HEADS], l[MAX_HEADS];
     float acc[MAX_HEADS][MAX_HD] __attribute__((aligned(64)));
-    for (int j = 0; j < n_q; j++) {
+    for (int j = j0; j < j1; j++) {
         for (int c = 0; c < nv; c++)
             qv[j][c] = (__m512bh)_mm512_loadu_si512((const void *)(q + j * hd + c * 32));
         m[j] = -INFINITY;
@@ -74,7 +75,7 @@ static void one_request(const uint16_t *q, const uint16_t *k, const uint16_t *v,
             const uint16_t *kr[4];
             for (int x = 0; x < 4; x++) /* (past the end: the last key again, not used) */
                 kr[x] = k + slots[t0 + (t + x < nb ? t + x : nb - 1)] * kv_row;
-            for (int h = 0; h < n_kv; h++) {
+            for (int h = h0; h < h1; h++) {
                 for (int jj = 0; jj < g; jj++) {
                     int j = h * g + jj;
                     __m512 d[4];
@@ -89,7 +90,7 @@ static void one_request(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                 }
             }
         }
-        for (int j = 0; j < n_q; j++) { /* online softmax over this block */
+        for (int j = j0; j < j1; j++) { /* online softmax over this block */
             float mx = m[j];
 #pragma omp simd reduction(max : mx)
             for (int t = 0; t < nb; t++) mx = s[j][t] > mx ? s[j][t] : mx;
@@ -111,7 +112,7 @@ static void one_request(const uint16_t *q, const uint16_t *k, const uint16_t *v,
         for (int t = 0; t < nb; t++) { /* values: every head of one row at once */
             const uint16_t *vr = v + slots[t0 + t] * kv_row;
             if (t + 1 < nb) _mm_prefetch((const char *)(v + slots[t0 + t + 1] * kv_row), _MM_HINT_T0);
-            for (int h = 0; h < n_kv; h++) {
+            for (int h = h0; h < h1; h++) {
                 for (int c = 0; c < hd / 16; c++) {
                     __m512 vc = bf16x16_to_f32(vr + h * hd + c * 16);
                     for (int jj = 0; jj < g; jj++) {
@@ -124,7 +125,7 @@ static void one_request(const uint16_t *q, const uint16_t *k, const uint16_t *v,
             }
         }
     }
-    for (int j = 0; j < n_q; j++) {
+    for (int j = j0; j < j1; j++) {
         float inv = l[j] > 0.0f ? 1.0f / l[j] : 0.0f;
         for (int d = 0; d < hd; d++) out[j * hd + d] = f32_to_bf16(acc[j][d] * inv);
     }
@@ -135,9 +136,14 @@ int bf16_decode_attention(const uint16_t *q, const uint16_t *k, const uint16_t *
                           uint16_t *out, int b, int n_q, int n_kv, int hd, int64_t kv_row,
                           float scale, int num_threads) {
     if (hd % 32 || hd > MAX_HD || n_q > MAX_HEADS || n_q % n_kv) return -1;
+    /* a task is a request's KV heads, all of them unless there are fewer requests than
+     * threads (then one head each, so a single request still uses every core) */
+    int split = b < num_threads ? n_kv : 1, per = n_kv / split;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
-    for (int i = 0; i < b; i++)
+    for (int task = 0; task < b * split; task++) {
+        int i = task / split, h0 = (task % split) * per;
         one_request(q + (int64_t)i * n_q * hd, k, v, idx + (int64_t)i * idx_stride, lens[i],
-                    out + (int64_t)i * n_q * hd, n_q, n_kv, hd, kv_row, scale);
+                    out + (int64_t)i * n_q * hd, h0, h0 + per, n_q, n_kv, hd, kv_row, scale);
+    }
     return 0;
 }
