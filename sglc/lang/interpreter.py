@@ -361,9 +361,9 @@ class StreamExecutor:
         self._update(lambda st: apply(st, expr, self.chat_template))
 
     def _execute_concate_and_append(self, expr: SglConcateAndAppend) -> None:
-        for state in expr.states:
-            child = state.stream_executor
+        children = [state.stream_executor for state in expr.states]
+        for child in children:
             child.sync()
             if child.error_ is not None:
                 raise child.error_
-            self._update(lambda st, c=child: st.filled(c.state.branch_text()))
+        self.gather(children, "concate_and_append")

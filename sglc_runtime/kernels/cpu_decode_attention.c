@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bf16.h"
+
 #define BLOCK 64   /* keys scored before their values are summed */
 #define MAX_HEADS 64
 #define MAX_HD 256
@@ -32,13 +34,6 @@ static inline float exp_neg(float x) { /* exp(x), x <= 0; branch-free, rel. erro
 static inline __m512 bf16x16_to_f32(const uint16_t *p) {
     __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 /* the sums of four vectors' lanes: [sum(a), sum(b), sum(c), sum(d)] */

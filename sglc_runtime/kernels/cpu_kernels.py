@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
 _SOURCES = (_HERE / "cpu_decode_attention.c", _HERE / "cpu_rms_norm.c")
+_HEADERS = (_HERE / "bf16.h",)  # (in the cache key too)
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma",
           "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
 _NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "fma"}
@@ -74,11 +75,11 @@ def _build(out: Path) -> bool:
 @functools.cache
 def _library():
     if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64") \
-            or not _NEEDS <= _cpu_flags() or not all(p.is_file() for p in _SOURCES):
+            or not _NEEDS <= _cpu_flags() or not all(p.is_file() for p in _SOURCES + _HEADERS):
         return None
     from ..model_source import cache_dir
 
-    text = b"".join(p.read_bytes() for p in _SOURCES) + " ".join(_FLAGS).encode()
+    text = b"".join(p.read_bytes() for p in _SOURCES + _HEADERS) + " ".join(_FLAGS).encode()
     out = cache_dir() / "kernels" / f"cpu_kernels_{hashlib.sha256(text).hexdigest()[:16]}.so"
     if not out.exists() and not _build(out):
         return None
