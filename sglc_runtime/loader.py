@@ -110,6 +110,29 @@ def gguf_projections_are_4bit(path: Path) -> bool:
     return bool(types) and all(t in _GROUP32_4BIT for t in types)
 
 
+def gguf_q4_projections(reader, cfg: ModelConfig) -> dict[str, tuple] | None:
+    """The decoder projections' own 4-bit codes, scales and offsets (`q4_linear.q4_from_gguf`:
+    codes (N, K) uint8, d and m (N, K/32) float16), under their HF names with rows in HF's
+    order, when every projection is Q4_0 or Q4_1; otherwise None. Their `q4_dequantize` is
+    bit for bit the float32 weight `load_gguf` returns."""
+    from .kernels.q4_linear import q4_from_gguf
+
+    out = {}
+    for t in reader.tensors:
+        parts = t.name.split(".", 2)
+        if t.name.startswith("blk.") and parts[2].split(".")[0] in _PROJECTIONS:
+            q4 = q4_from_gguf(t.tensor_type.name, t.data)
+            if q4 is None:
+                return None
+            heads = {"attn_q.weight": cfg.num_attention_heads,
+                     "attn_k.weight": cfg.num_key_value_heads}.get(parts[2])
+            if heads:  # the rows of every part follow the weight's RoPE row order
+                q4 = tuple(torch.from_numpy(np.ascontiguousarray(_unpermute_rope(a.numpy(), heads)))
+                           for a in q4)
+            out[f"model.layers.{parts[1]}.{_GGUF_TO_HF[parts[2]]}"] = q4
+    return out or None
+
+
 def _dequant_cache_path(path: Path) -> Path:
     """Dequantizing in numpy takes ~20 s; the float32 result is cached beside other models,
     keyed by the GGUF file's identity (path, size, mtime)."""

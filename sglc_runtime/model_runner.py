@@ -75,7 +75,12 @@ def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Token
     if cfg.quantization == "int4":
         from .model.int4 import enable_int4_decode
 
-        enable_int4_decode(model)
+        q4 = None
+        if not path.is_dir() and cfg.dtype == torch.bfloat16 and not cfg.disable_cpu_kernels:
+            from .loader import gguf_q4_projections
+
+            q4 = gguf_q4_projections(reader, mcfg)
+        enable_int4_decode(model, q4=q4)
     if cfg.device == "cpu" and not cfg.disable_prepacked_linear:
         from .model.packed_linear import prepack_linears, prepacked_linear_available
 

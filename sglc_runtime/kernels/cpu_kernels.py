@@ -1,5 +1,6 @@
 """The CPU kernels in C for bfloat16 on AVX-512-BF16 CPUs: paged decode attention reading the
-KV pool in place (`cpu_decode_attention.c`) and RMSNorm (`cpu_rms_norm.c`). Compiled together
+KV pool in place (`cpu_decode_attention.c`), RMSNorm (`cpu_rms_norm.c`) and, where AMX runs
+too, linears over 4-bit weights (`cpu_q4_linear.c`, `cpu_q4_linear_available()`). Compiled together
 once per machine with the system C compiler into the sglc cache (explicit AVX-512 flags, never
 -march=native, which can fault on VMs that advertise AMX), loaded with ctypes and called on
 tensors' data pointers. Where the CPU lacks the instructions, or no compiler or no writable
@@ -17,6 +18,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-_SOURCES = (_HERE / "cpu_decode_attention.c", _HERE / "cpu_rms_norm.c")
+_SOURCES = (_HERE / "cpu_decode_attention.c", _HERE / "cpu_rms_norm.c", _HERE / "cpu_q4_linear.c")
 _HEADERS = (_HERE / "bf16.h",)  # (in the cache key too)
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma",
           "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
@@ -35,6 +37,9 @@ _SIGNATURES = {
     "bf16_decode_attention": ([_P, _P, _P, _P, _I64, _P, _P, _I, _I, _I, _I, _I64,
                                ctypes.c_float, _I], ctypes.c_int),
     "bf16_rms_norm": ([_P, _I64, _P, _P, _I64, _I64, _I, ctypes.c_float, _I], None),
+    "bf16_q4_linear": ([_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I], ctypes.c_int),
+    "q4_amx_init": ([], ctypes.c_int),
+    "q4_amx_selftest": ([], ctypes.c_int),
 }
 
 
@@ -145,3 +150,39 @@ def cpu_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
                              out.stride(0), x.shape[0], x.shape[1], eps,
                              torch.get_num_threads())
     return out
+
+
+@functools.cache
+def cpu_q4_linear_available() -> bool:
+    """Whether the 4-bit linear runs here: the kernels build, the CPU lists AMX-BF16, Linux
+    grants this process the tile state, and a child process multiplied a tile correctly (a VM
+    that advertises AMX but faults on it kills only the child)."""
+    lib = _library()
+    if lib is None or not {"amx_tile", "amx_bf16"} <= _cpu_flags():
+        return False
+    so = lib._name
+    probe = f"import ctypes, sys; sys.exit(ctypes.CDLL({so!r}).q4_amx_selftest())"
+    try:
+        rc = subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                            timeout=60, check=False).returncode
+    except (OSError, subprocess.SubprocessError):
+        rc = -1
+    if rc != 0:
+        logger.warning("AMX is listed but did not run (probe exit %s): 4-bit decode linears "
+                       "stay on PyTorch", rc)
+        return False
+    return lib.q4_amx_init() == 0
+
+
+def cpu_q4_linear(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
+    """x (R, K) bfloat16 rows (last dim contiguous) times 4-bit weights packed by
+    `q4_linear.pack_q4` -> (R, n) bfloat16; the contract is `q4_linear.q4_linear_ref`. Check
+    `cpu_q4_linear_available()` first."""
+    rows, k = x.shape
+    assert x.dtype == torch.bfloat16 and x.stride(1) == 1, "q4 linear takes bf16 rows"
+    assert packed.shape == (n // 16, k // 32, 320), "packed weights do not match x"
+    y = torch.empty((rows, n), dtype=torch.bfloat16)
+    rc = _library().bf16_q4_linear(x.data_ptr(), x.stride(0), packed.data_ptr(), y.data_ptr(),
+                                   y.stride(0), rows, n, k, torch.get_num_threads())
+    assert rc == 0, "cpu_q4_linear: unsupported shapes"
+    return y

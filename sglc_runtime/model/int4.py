@@ -1,14 +1,20 @@
-"""Small-batch decode through int4 weights: on a CPU, batch-1 decode is bound by reading the
-weights from memory, so rows <= `max_rows` use torch's packed-int4 matmul (4.5 bits/weight,
-group-32 scale + zero, bf16 activations) while larger batches keep the exact float path.
+"""Small-batch decode through int4 weights: on a CPU, decode at 1-32 rows is bound by reading
+the weights from memory, so rows <= `max_rows` use torch's packed-int4 matmul (4.5 bits/weight,
+group-32 scale + zero, bf16 activations), and, where a GGUF file's own Q4_0/Q4_1 weights and
+AMX are there, rows up to `q4_max_rows` use `kernels/cpu_q4_linear.c` on those exact weights;
+larger batches keep the float path.
 
-`quantize_int4` below is the plain PyTorch reference of what the packed kernel computes."""
+`quantize_int4` below is the plain PyTorch reference of what torch's packed kernel computes;
+`kernels/q4_linear.q4_linear_ref` is the 4-bit kernel's."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..kernels.cpu_kernels import cpu_q4_linear, cpu_q4_linear_available
+from ..kernels.q4_linear import pack_q4
 
 GROUP = 32
 
@@ -36,13 +42,21 @@ def dequantize_int4(q, scale, zero) -> torch.Tensor:
     return g.reshape(n, k)
 
 
+#: the 4-bit kernel's rows: above torch's int4 path (faster at 1-4 rows, measured), up to
+#: where bf16 linears catch up (the kernel dequantizes once per 32 rows)
+Q4_MAX_ROWS = 32
+
+
 class Int4DecodeLinear(nn.Module):
-    """Wraps an nn.Linear: rows <= max_rows go through packed int4, others through the float
-    weight. The float weight stays the source of truth (prefill, large batches).
+    """Wraps an nn.Linear: rows <= max_rows go through torch's packed int4, rows up to
+    q4_max_rows through the 4-bit kernel when `q4` (codes, d, m of these exact weights, see
+    kernels/q4_linear.py) is given, others through the float weight. The float weight stays
+    the source of truth (prefill, large batches).
     With `bf16_out`, small-batch results stay in bfloat16 (saves a conversion where the next
     op is a residual add, which promotes, or another int4 linear)."""
 
-    def __init__(self, linear: nn.Linear, max_rows: int = 8, bf16_out: bool = False):
+    def __init__(self, linear: nn.Linear, max_rows: int = 8, bf16_out: bool = False,
+                 q4: tuple[torch.Tensor, ...] | None = None, q4_max_rows: int = Q4_MAX_ROWS):
         super().__init__()
         assert linear.bias is None and linear.in_features % GROUP == 0
         self.linear = linear
@@ -52,9 +66,15 @@ class Int4DecodeLinear(nn.Module):
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)  # (N, K/2) u8
         self.scales_zeros = torch.stack([scale, zero], -1).transpose(0, 1).contiguous() \
             .to(torch.bfloat16)  # (K/G, N, 2)
+        self.q4 = pack_q4(*q4) if q4 is not None else None
+        self.q4_max_rows = q4_max_rows if q4 is not None else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > self.max_rows:
+        rows = x.shape[0]
+        if rows > self.max_rows and rows <= self.q4_max_rows and x.dtype == torch.bfloat16 \
+                and x.dim() == 2 and x.stride(1) == 1:
+            return cpu_q4_linear(x, self.q4, self.linear.out_features)
+        if rows > self.max_rows:
             return self.linear(x)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, GROUP,
                                                        self.scales_zeros)
@@ -77,9 +97,14 @@ class Bf16DecodeLinear(nn.Module):
         return F.linear(x.to(torch.bfloat16), self.weight_bf16).to(x.dtype)
 
 
-def enable_int4_decode(model: nn.Module, max_rows: int | None = None) -> None:
+def enable_int4_decode(model: nn.Module, max_rows: int | None = None,
+                       q4: dict[str, tuple] | None = None) -> None:
     """Swap the decoder's projections for the small-batch int4 paths, and a float32 model's LM
     head for a bf16 copy (a bf16 model's head is bf16 already).
+
+    q4: the projections' own 4-bit weights by HF name (`loader.gguf_q4_projections`); in a
+    bf16 model where `cpu_q4_linear_available()`, rows above max_rows up to Q4_MAX_ROWS run
+    the 4-bit kernel on them.
 
     max_rows (None: by dtype): the int4 kernel's cost grows with the rows, so it wins only while
     reading weights dominates. In a bf16 model on an AVX-512-bf16 CPU decode steps measured
@@ -87,11 +112,26 @@ def enable_int4_decode(model: nn.Module, max_rows: int | None = None) -> None:
     float32 model on an AVX2 CPU int4 still won at 8 rows."""
     if max_rows is None:
         max_rows = 4 if model.lm_head.weight.dtype == torch.bfloat16 else 8
-    for layer in model.model.layers:
+    if q4 is not None and not (model.lm_head.weight.dtype == torch.bfloat16
+                               and cpu_q4_linear_available()):
+        q4 = None
+
+    def fused(i: int, *names: str):  # the parts' codes, d, m stacked along rows as fused
+        if q4 is None:
+            return None
+        parts = [q4[f"model.layers.{i}.{n}.weight"] for n in names]
+        return tuple(torch.cat(p, 0) for p in zip(*parts))
+
+    for i, layer in enumerate(model.model.layers):
         attn, mlp = layer.self_attn, layer.mlp
-        attn.qkv_proj = Int4DecodeLinear(attn.qkv_proj, max_rows)
-        attn.o_proj = Int4DecodeLinear(attn.o_proj, max_rows, bf16_out=True)
-        mlp.gate_up_proj = Int4DecodeLinear(mlp.gate_up_proj, max_rows, bf16_out=True)
-        mlp.down_proj = Int4DecodeLinear(mlp.down_proj, max_rows, bf16_out=True)
+        attn.qkv_proj = Int4DecodeLinear(
+            attn.qkv_proj, max_rows,
+            q4=fused(i, "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))
+        attn.o_proj = Int4DecodeLinear(attn.o_proj, max_rows, bf16_out=True,
+                                       q4=fused(i, "self_attn.o_proj"))
+        mlp.gate_up_proj = Int4DecodeLinear(mlp.gate_up_proj, max_rows, bf16_out=True,
+                                            q4=fused(i, "mlp.gate_proj", "mlp.up_proj"))
+        mlp.down_proj = Int4DecodeLinear(mlp.down_proj, max_rows, bf16_out=True,
+                                         q4=fused(i, "mlp.down_proj"))
     if model.lm_head.weight.dtype != torch.bfloat16:
         model.lm_head = Bf16DecodeLinear(model.lm_head, max_rows)

@@ -1,0 +1,162 @@
+/* y = x . W^T for bfloat16 rows x and 4-bit group-32 weights W on CPUs with AMX-BF16 (and
+ * AVX-512-BF16): the decode linear at 5-32 rows. There a CPU's linears are bound by reading
+ * the weights; this reads 5 bits per weight where a bf16 linear reads 16, dequantizes them
+ * with AVX-512 into bf16 tiles and multiplies the tiles with AMX (AVX-512's vdpbf16ps alone
+ * runs out of arithmetic past 4 rows). Built by cpu_kernels.py; the contract and the packing
+ * are q4_linear.py's (`pack_q4`, `q4_linear_ref`).
+ *
+ * W[n, k] = d * c + m in float32, c the weight's 4-bit code and d, m (float16) its group's
+ * (32 weights along k) scale and offset, as GGUF's Q4_0/Q4_1 blocks store them: d * c is
+ * exact, so W is bit for bit the float32 dequantization. W is rounded to bf16 (nearest even)
+ * as a bf16 model's weight is; products of bf16 pairs are summed in float32; y is rounded to
+ * bf16.
+ *
+ * The packing streams each thread's weights in one pass: for each block of 16 output columns
+ * n0.. and each group g of 32 inputs, 320 bytes: d[n0 + j] for j < 16 (float16), then m,
+ * then 16 "B rows" of 16 bytes, row kk holding the codes of inputs 32 g + 2 kk and + 1: byte i
+ * has column n0 + i / 2 (input 2 kk + i % 2) in its low nibble and column n0 + 8 + i / 2 in
+ * its high nibble. Dequantized, a B row is 16 pairs of bf16, pair j from column n0 + j: AMX's
+ * tdpbf16ps operand layout.
+ *
+ * x: (rows, k), row stride x_stride; y: (rows, n), row stride y_stride; n a multiple of 16,
+ * k a multiple of 32. Call q4_amx_init() (or check q4_amx_selftest()) first. */
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define GROUP_BYTES 320
+
+/* B row kk of a group: 32 bf16, pair j = column n0 + j */
+static inline __m512bh dequant_brow(const uint8_t *codes, __m512 dlo, __m512 mlo, __m512 dhi,
+                                    __m512 mhi) {
+    __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)codes));
+    __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(c, _mm512_set1_epi32(15))),
+                                dlo, mlo);
+    __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(c, 4)), dhi, mhi);
+    return _mm512_cvtne2ps_pbh(hi, lo);
+}
+
+/* a group's scales and offsets spread over B-row lanes: lane i of *lo is column i / 2's,
+ * lane i of *hi is column 8 + i / 2's */
+static inline void group_scales(const uint8_t *grp, __m512 *dlo, __m512 *mlo, __m512 *dhi,
+                                __m512 *mhi) {
+    const __m512i ilo = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    const __m512i ihi = _mm512_add_epi32(ilo, _mm512_set1_epi32(8));
+    __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)grp));
+    __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(grp + 32)));
+    *dlo = _mm512_permutexvar_ps(ilo, d);
+    *dhi = _mm512_permutexvar_ps(ihi, d);
+    *mlo = _mm512_permutexvar_ps(ilo, m);
+    *mhi = _mm512_permutexvar_ps(ihi, m);
+}
+
+/* ---- AMX: a group's 16 B rows are dequantized into a 1 KB tile, x's rows are the A tile,
+ * tdpbf16ps accumulates a 16 x 16 float32 C tile per 16 rows of x ---- */
+#define AMX_ROWS 32 /* rows per pass: two A and C tiles share each B tile */
+#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
+
+struct tile_config {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+/* tiles: 0, 1 = C for rows 0-15 and 16-31; 2 = B; 3, 4 = A for rows 0-15 and 16-31 */
+static AMX_TARGET void amx_config(int rows0, int rows1) {
+    struct tile_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    c.rows[0] = c.rows[3] = (uint8_t)rows0;
+    c.rows[1] = c.rows[4] = (uint8_t)(rows1 ? rows1 : 1);
+    c.rows[2] = 16;
+    for (int t = 0; t < 5; t++) c.colsb[t] = 64;
+    /* (own asm: gcc 12's _tile_loadconfig tells the compiler it reads 8 bytes of c) */
+    __asm__ volatile("ldtilecfg %0" ::"m"(c));
+}
+
+static AMX_TARGET void amx_release(void) { _tile_release(); }
+
+static AMX_TARGET void block_amx(const uint16_t *x, int64_t x_stride, const uint8_t *blk,
+                                 int64_t k, uint16_t *y, int64_t y_stride, int rows0, int rows1) {
+    uint16_t b[2][16 * 32] __attribute__((aligned(64)));
+    float c[16 * 16] __attribute__((aligned(64)));
+    _tile_zero(0);
+    _tile_zero(1);
+    for (int64_t g = 0; g < k / 32; g++) {
+        const uint8_t *grp = blk + g * GROUP_BYTES;
+        __m512 dlo, mlo, dhi, mhi;
+        group_scales(grp, &dlo, &mlo, &dhi, &mhi);
+        uint16_t *bg = b[g & 1];
+        for (int kk = 0; kk < 16; kk++)
+            _mm512_store_si512((void *)(bg + 32 * kk),
+                               (__m512i)dequant_brow(grp + 64 + 16 * kk, dlo, mlo, dhi, mhi));
+        _tile_loadd(2, bg, 64);
+        _tile_loadd(3, x + 32 * g, x_stride * 2);
+        _tile_dpbf16ps(0, 3, 2);
+        if (rows1) {
+            _tile_loadd(4, x + 16 * x_stride + 32 * g, x_stride * 2);
+            _tile_dpbf16ps(1, 4, 2);
+        }
+    }
+    for (int t = 0; t < (rows1 ? 2 : 1); t++) {
+        if (t == 0) _tile_stored(0, c, 64); else _tile_stored(1, c, 64);
+        int rows = t ? rows1 : rows0;
+        for (int r = 0; r < rows; r++)
+            _mm256_storeu_si256((__m256i *)(y + (16 * t + r) * y_stride),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(c + 16 * r)));
+    }
+}
+
+static AMX_TARGET float amx_ones_product(void) {
+    uint16_t ones[16 * 32] __attribute__((aligned(64)));
+    float c[16 * 16] __attribute__((aligned(64)));
+    for (int i = 0; i < 16 * 32; i++) ones[i] = 0x3f80; /* bf16 1.0 */
+    amx_config(16, 0);
+    _tile_zero(0);
+    _tile_loadd(2, ones, 64);
+    _tile_loadd(3, ones, 64);
+    _tile_dpbf16ps(0, 3, 2);
+    _tile_stored(0, c, 64);
+    amx_release();
+    float lo = c[0];
+    for (int i = 1; i < 16 * 16; i++) lo = c[i] < lo ? c[i] : lo;
+    return lo;
+}
+
+/* Linux grants a process AMX's tile state on request; 0 when granted (then AMX runs) */
+int q4_amx_init(void) {
+    unsigned long features = 0;
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */)) return 1;
+    if (syscall(SYS_arch_prctl, 0x1022 /* ARCH_GET_XCOMP_PERM */, &features)) return 1;
+    return (features >> 18) & 1 ? 0 : 1;
+}
+
+/* 0 when a 16 x 32 by 32 x 16 product of ones gives 32 everywhere (run in a child process
+ * by cpu_kernels.py before AMX is used: a VM that advertises AMX but faults on it kills only
+ * the child) */
+int q4_amx_selftest(void) {
+    if (q4_amx_init()) return 1;
+    return amx_ones_product() == 32.0f ? 0 : 2;
+}
+
+int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, uint16_t *y,
+                   int64_t y_stride, int64_t rows, int64_t n, int64_t k, int num_threads) {
+    if (k % 32 || n % 16 || rows < 0) return 1;
+    int64_t nblocks = n / 16, blk_bytes = (k / 32) * GROUP_BYTES;
+#pragma omp parallel num_threads(num_threads)
+    {
+        for (int64_t r = 0; r < rows; r += AMX_ROWS) {
+            int chunk = (int)(rows - r < AMX_ROWS ? rows - r : AMX_ROWS);
+            int rows0 = chunk < 16 ? chunk : 16, rows1 = chunk - rows0;
+            amx_config(rows0, rows1);
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < nblocks; b++)
+                block_amx(x + r * x_stride, x_stride, w + b * blk_bytes, k,
+                          y + r * y_stride + 16 * b, y_stride, rows0, rows1);
+        }
+        amx_release();
+    }
+    return 0;
+}
