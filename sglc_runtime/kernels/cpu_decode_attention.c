@@ -49,81 +49,151 @@ static inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
+/* exp(x) of 16 lanes, x <= 0 (exp_neg's steps; lanes at or below -87 give 0) */
+static inline __m512 exp512_neg(__m512 x) {
+    __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.69314718055994531f));
+    __m512 p = _mm512_set1_ps(0.0013888889f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0083333338f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.041666668f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.16666667f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_mov_ps(~tiny, _mm512_scalef_ps(p, n));
+}
+
+/* acc[jj] += sum_t p[jj][t] * v_t over nb keys, for G query heads (a constant after
+ * inlining) and 64 dimensions from `dim`: G * 4 accumulators stay in registers */
+static inline __attribute__((always_inline)) void values64(
+        const uint16_t *v, const int64_t *slots, int nb, int64_t kv_row, int off,
+        float (*p)[BLOCK + 16], float (*acc)[MAX_HD], int dim, const int G) {
+    __m512 a[4][4];
+    for (int jj = 0; jj < G; jj++)
+        for (int c = 0; c < 4; c++) a[jj][c] = _mm512_load_ps(acc[jj] + dim + 16 * c);
+    for (int t = 0; t < nb; t++) {
+        const uint16_t *vr = v + slots[t] * kv_row + off + dim;
+        if (t + 8 < nb) { /* the two cache lines of a row's 64 dimensions, 8 keys ahead */
+            const char *ahead = (const char *)(v + slots[t + 8] * kv_row + off + dim);
+            _mm_prefetch(ahead, _MM_HINT_T0);
+            _mm_prefetch(ahead + 64, _MM_HINT_T0);
+        }
+        __m512 vc[4];
+        for (int c = 0; c < 4; c++) vc[c] = bf16x16_to_f32(vr + 16 * c);
+        for (int jj = 0; jj < G; jj++) {
+            __m512 pj = _mm512_set1_ps(p[jj][t]);
+            for (int c = 0; c < 4; c++) a[jj][c] = _mm512_fmadd_ps(pj, vc[c], a[jj][c]);
+        }
+    }
+    for (int jj = 0; jj < G; jj++)
+        for (int c = 0; c < 4; c++) _mm512_store_ps(acc[jj] + dim + 16 * c, a[jj][c]);
+}
+
+/* the query heads j0 .. j0 + g - 1 of KV head h over one request's keys */
+static void one_kv_head(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                        const int64_t *slots, int64_t len, uint16_t *out, int h, int g,
+                        int hd, int64_t kv_row, float scale) {
+    int nv = hd / 32, off = h * hd;
+    __m512bh qv[MAX_HEADS][MAX_HD / 32];
+    float s[MAX_HEADS][BLOCK + 16] __attribute__((aligned(64)));
+    float m[MAX_HEADS], l[MAX_HEADS];
+    float acc[MAX_HEADS][MAX_HD] __attribute__((aligned(64)));
+    for (int jj = 0; jj < g; jj++) {
+        for (int c = 0; c < nv; c++)
+            qv[jj][c] = (__m512bh)_mm512_loadu_si512((const void *)(q + jj * hd + c * 32));
+        m[jj] = -INFINITY;
+        l[jj] = 0.0f;
+        memset(acc[jj], 0, sizeof(float) * hd);
+    }
+    for (int64_t t0 = 0; t0 < len; t0 += BLOCK) {
+        int nb = (int)(len - t0 < BLOCK ? len - t0 : BLOCK);
+        for (int t = 0; t < nb; t += 4) { /* scores of four keys at a time */
+            const uint16_t *kr[4];
+            for (int x = 0; x < 4; x++) /* (past the end: the last key again, not used) */
+                kr[x] = k + slots[t0 + (t + x < nb ? t + x : nb - 1)] * kv_row + off;
+            for (int x = 0; x < 4 && t0 + t + 16 + x < len; x++) /* keys 4 steps ahead */
+                for (int c = 0; c < hd; c += 32)
+                    _mm_prefetch((const char *)(k + slots[t0 + t + 16 + x] * kv_row + off + c),
+                                 _MM_HINT_T0);
+            for (int jj = 0; jj < g; jj++) {
+                __m512 d[4];
+                for (int x = 0; x < 4; x++) {
+                    d[x] = _mm512_setzero_ps();
+                    for (int c = 0; c < nv; c++)
+                        d[x] = _mm512_dpbf16_ps(d[x], qv[jj][c], (__m512bh)_mm512_loadu_si512(
+                            (const void *)(kr[x] + c * 32)));
+                }
+                _mm_storeu_ps(&s[jj][t], _mm_mul_ps(reduce4(d[0], d[1], d[2], d[3]),
+                                                    _mm_set1_ps(scale)));
+            }
+        }
+        for (int jj = 0; jj < g; jj++) { /* online softmax over this block */
+            __mmask16 last = (__mmask16)((1u << (nb % 16 ? nb % 16 : 16)) - 1);
+            int nvec = (nb + 15) / 16;
+            __m512 mxv = _mm512_set1_ps(m[jj]);
+            for (int i = 0; i < nvec; i++)
+                mxv = _mm512_mask_max_ps(mxv, i + 1 < nvec ? 0xffff : last, mxv,
+                                         _mm512_loadu_ps(&s[jj][16 * i]));
+            float mx = _mm512_reduce_max_ps(mxv);
+            if (mx == -INFINITY) { /* every score so far overflowed to -inf: nothing seen */
+                for (int t = 0; t < nb; t++) s[jj][t] = 0.0f;
+                continue;
+            }
+            float corr = exp_neg(m[jj] - mx);
+            __m512 sum = _mm512_setzero_ps(), mv = _mm512_set1_ps(mx);
+            for (int i = 0; i < nvec; i++) {
+                __mmask16 keep = i + 1 < nvec ? 0xffff : last;
+                __m512 e = _mm512_maskz_mov_ps(
+                    keep, exp512_neg(_mm512_sub_ps(_mm512_loadu_ps(&s[jj][16 * i]), mv)));
+                _mm512_storeu_ps(&s[jj][16 * i], e);
+                sum = _mm512_add_ps(sum, e);
+            }
+            l[jj] = l[jj] * corr + _mm512_reduce_add_ps(sum);
+            m[jj] = mx;
+            if (corr != 1.0f)
+                for (int d = 0; d < hd; d++) acc[jj][d] *= corr;
+        }
+        for (int j0 = 0; j0 < g; j0 += 4) /* values, 4 heads x 64 dimensions at a time */
+            for (int dim = 0; dim < hd; dim += 64) {
+                if (hd - dim < 64) { /* hd = 32 (mod 64): the last 32 dimensions */
+                    for (int t = 0; t < nb; t++) {
+                        const uint16_t *vr = v + slots[t0 + t] * kv_row + off + dim;
+                        for (int c = 0; c < 2; c++) {
+                            __m512 vc = bf16x16_to_f32(vr + 16 * c);
+                            for (int jj = j0; jj < g && jj < j0 + 4; jj++) {
+                                float *a = acc[jj] + dim + 16 * c;
+                                _mm512_store_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(s[jj][t]),
+                                                                   vc, _mm512_load_ps(a)));
+                            }
+                        }
+                    }
+                    continue;
+                }
+                switch (g - j0 < 4 ? g - j0 : 4) {
+                case 1: values64(v, slots + t0, nb, kv_row, off, s + j0, acc + j0, dim, 1); break;
+                case 2: values64(v, slots + t0, nb, kv_row, off, s + j0, acc + j0, dim, 2); break;
+                case 3: values64(v, slots + t0, nb, kv_row, off, s + j0, acc + j0, dim, 3); break;
+                default: values64(v, slots + t0, nb, kv_row, off, s + j0, acc + j0, dim, 4);
+                }
+            }
+    }
+    for (int jj = 0; jj < g; jj++) {
+        float inv = l[jj] > 0.0f ? 1.0f / l[jj] : 0.0f;
+        for (int d = 0; d < hd; d++) out[jj * hd + d] = f32_to_bf16(acc[jj][d] * inv);
+    }
+}
+
 /* one request's query heads j = h0 * g .. h1 * g - 1, those of KV heads h0 .. h1 - 1 */
 static void one_request(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                         const int64_t *slots, int64_t len, uint16_t *out, int h0, int h1,
                         int n_q, int n_kv, int hd, int64_t kv_row, float scale) {
-    int g = n_q / n_kv, nv = hd / 32, j0 = h0 * g, j1 = h1 * g;
-    __m512bh qv[MAX_HEADS][MAX_HD / 32];
-    float s[MAX_HEADS][BLOCK + 4], m[MAX_HEADS], l[MAX_HEADS];
-    float acc[MAX_HEADS][MAX_HD] __attribute__((aligned(64)));
-    for (int j = j0; j < j1; j++) {
-        for (int c = 0; c < nv; c++)
-            qv[j][c] = (__m512bh)_mm512_loadu_si512((const void *)(q + j * hd + c * 32));
-        m[j] = -INFINITY;
-        l[j] = 0.0f;
-        memset(acc[j], 0, sizeof(float) * hd);
-    }
-    for (int64_t t0 = 0; t0 < len; t0 += BLOCK) {
-        int nb = (int)(len - t0 < BLOCK ? len - t0 : BLOCK);
-        for (int t = 0; t < nb; t += 4) { /* scores of four keys at a time, every head */
-            const uint16_t *kr[4];
-            for (int x = 0; x < 4; x++) /* (past the end: the last key again, not used) */
-                kr[x] = k + slots[t0 + (t + x < nb ? t + x : nb - 1)] * kv_row;
-            for (int h = h0; h < h1; h++) {
-                for (int jj = 0; jj < g; jj++) {
-                    int j = h * g + jj;
-                    __m512 d[4];
-                    for (int x = 0; x < 4; x++) {
-                        d[x] = _mm512_setzero_ps();
-                        for (int c = 0; c < nv; c++)
-                            d[x] = _mm512_dpbf16_ps(d[x], qv[j][c], (__m512bh)_mm512_loadu_si512(
-                                (const void *)(kr[x] + h * hd + c * 32)));
-                    }
-                    _mm_storeu_ps(&s[j][t], _mm_mul_ps(reduce4(d[0], d[1], d[2], d[3]),
-                                                       _mm_set1_ps(scale)));
-                }
-            }
-        }
-        for (int j = j0; j < j1; j++) { /* online softmax over this block */
-            float mx = m[j];
-#pragma omp simd reduction(max : mx)
-            for (int t = 0; t < nb; t++) mx = s[j][t] > mx ? s[j][t] : mx;
-            if (mx == -INFINITY) { /* every score so far overflowed to -inf: nothing seen */
-                for (int t = 0; t < nb; t++) s[j][t] = 0.0f;
-                continue;
-            }
-            float corr = exp_neg(m[j] - mx), sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-            for (int t = 0; t < nb; t++) {
-                s[j][t] = exp_neg(s[j][t] - mx);
-                sum += s[j][t];
-            }
-            l[j] = l[j] * corr + sum;
-            m[j] = mx;
-            if (corr != 1.0f)
-                for (int d = 0; d < hd; d++) acc[j][d] *= corr;
-        }
-        for (int t = 0; t < nb; t++) { /* values: every head of one row at once */
-            const uint16_t *vr = v + slots[t0 + t] * kv_row;
-            if (t + 1 < nb) _mm_prefetch((const char *)(v + slots[t0 + t + 1] * kv_row), _MM_HINT_T0);
-            for (int h = h0; h < h1; h++) {
-                for (int c = 0; c < hd / 16; c++) {
-                    __m512 vc = bf16x16_to_f32(vr + h * hd + c * 16);
-                    for (int jj = 0; jj < g; jj++) {
-                        int j = h * g + jj;
-                        __m512 a = _mm512_load_ps(acc[j] + c * 16);
-                        _mm512_store_ps(acc[j] + c * 16,
-                                        _mm512_fmadd_ps(_mm512_set1_ps(s[j][t]), vc, a));
-                    }
-                }
-            }
-        }
-    }
-    for (int j = j0; j < j1; j++) {
-        float inv = l[j] > 0.0f ? 1.0f / l[j] : 0.0f;
-        for (int d = 0; d < hd; d++) out[j * hd + d] = f32_to_bf16(acc[j][d] * inv);
-    }
+    int g = n_q / n_kv;
+    for (int h = h0; h < h1; h++)
+        one_kv_head(q + h * g * hd, k, v, slots, len, out + h * g * hd, h, g, hd, kv_row,
+                    scale);
 }
 
 int bf16_decode_attention(const uint16_t *q, const uint16_t *k, const uint16_t *v,
