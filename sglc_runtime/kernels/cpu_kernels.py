@@ -178,6 +178,8 @@ def cpu_q4_linear(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor
     """x (R, K) bfloat16 rows (last dim contiguous) times 4-bit weights packed by
     `q4_linear.pack_q4` -> (R, n) bfloat16; the contract is `q4_linear.q4_linear_ref`. Check
     `cpu_q4_linear_available()` first."""
+    if not cpu_q4_linear_available():  # (also what grants this process AMX: never skip it)
+        raise RuntimeError("cpu_q4_linear: AMX does not run here")
     rows, k = x.shape
     assert x.dtype == torch.bfloat16 and x.stride(1) == 1, "q4 linear takes bf16 rows"
     assert packed.shape == (n // 16, k // 32, 320), "packed weights do not match x"
