@@ -233,3 +233,44 @@ def test_cascade_batches_are_not_captured(any_cascade):
     _, table, reqs, free = _setup(True, seed=0)
     fb = build_forward_batch(table, True, reqs, [1] * 4, torch.tensor(free[:4]), "cpu")
     assert fb.attn.shared_len and not fb.attention.can_capture(fb.attn, 8, 512)
+
+
+@pytest.mark.parametrize("dtype, impl, kernel", [
+    (torch.float32, "sdpa", False), (torch.float32, "matmul", False),
+    (torch.bfloat16, "sdpa", True),  # the C decode kernel where the CPU has AVX-512-BF16
+])
+def test_short_extends_attend_as_padded_rows(dtype, impl, kernel, monkeypatch):
+    """Requests adding a few tokens attend as one row per new token in the padded call (row j
+    sees prefix + j + 1 keys): the same as causal attention per request."""
+    from sglc_runtime.attention import metadata
+
+    n_q, n_kv, hd = 6, 2, 64
+    g = torch.Generator().manual_seed(7)
+    pool = TokenToKVPool(700, 1, n_kv, hd, dtype, "cpu")
+    pool.k_buffer[0][1:] = torch.randn(700, n_kv, hd, generator=g).to(dtype)
+    pool.v_buffer[0][1:] = torch.randn(700, n_kv, hd, generator=g).to(dtype)
+    free = torch.randperm(700, generator=g).add(1).tolist()
+    extend_lens, prefix_lens = [3, 1, 20, 40], [10, 50, 0, 7]
+    table = torch.zeros(4, 200, dtype=torch.int64)
+    reqs = []
+    for row, p in enumerate(prefix_lens):
+        slots, free = free[:p], free[p:]
+        table[row, :p] = torch.tensor(slots, dtype=torch.int64)
+        reqs.append(SimpleNamespace(row=row, kv_len=p, fill_ids=list(range(p + 50))))
+    T = sum(extend_lens)
+    out_loc = torch.tensor(free[:T])
+    q = torch.randn(T, n_q, hd, generator=g).to(dtype)
+    k, v = (torch.randn(T, n_kv, hd, generator=g).to(dtype) for _ in range(2))
+    outs = {}
+    for short in (metadata.SHORT_EXTEND, 0):
+        monkeypatch.setattr(metadata, "SHORT_EXTEND", short)
+        fb = build_forward_batch(table.clone(), False, reqs, extend_lens, out_loc, "cpu",
+                                 cascade=False, attention=TorchAttention(impl, kernel))
+        if short:
+            assert fb.attn.in_padded == [True, True, True, False]
+            assert fb.attn.kv_lens.tolist()[:4] == [11, 12, 13, 51]
+            assert fb.attn.padded_rows.tolist()[:5] == [0, 1, 2, 3, 4]
+        outs[short] = paged_attention(0, q, k, v, fb, pool, hd ** -0.5)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(outs[metadata.SHORT_EXTEND].float(), outs[0].float(), atol=tol,
+                               rtol=tol)

@@ -59,7 +59,7 @@ def test_packing_keeps_every_code_scale_and_offset():
 
 
 @needs_amx
-@pytest.mark.parametrize("rows", [1, 5, 16, 17, 32, 40])
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 40, 64, 65, 130])
 @pytest.mark.parametrize("n,k", [(16, 32), (48, 96), (192, 576)])
 def test_q4_kernel_matches_reference(rows, n, k):
     codes, d, m = random_q4(n, k, seed=rows)

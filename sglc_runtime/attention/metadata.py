@@ -10,6 +10,9 @@ import torch
 
 MIN_SHARED_PREFIX = 32  # shorter common prefixes are attended per request
 MAX_CASCADE_EXTEND = 512  # longer new-token runs use per-request flash attention
+#: requests adding at most this many tokens attend as one-query rows of the padded call (one
+#: row per new token, each seeing its own causal key count) instead of one attention call each
+SHORT_EXTEND = 32
 
 
 @dataclass
@@ -18,8 +21,10 @@ class AttentionMetadata:
 
     `kv_indices[i]` lists the KV slots of extending request i's whole sequence (prefix + new
     tokens; empty for a decode batch). Requests adding one token (all of a decode batch; in a
-    mixed extend batch, the running requests decoding alongside) attend through one padded
-    call over `padded_kv_indices`.
+    mixed extend batch, the running requests decoding alongside) and those adding a few
+    (<= SHORT_EXTEND: appended text, a tool's reply) attend through one padded call over
+    `padded_kv_indices`, a row per new token: the row of token j of a request with prefix p
+    sees its first p + j + 1 keys (`kv_lens`), which is causal attention.
 
     Cascade: when `shared_len` S > 0, every request's first S positions use the same KV slots
     (`shared_kv`), and `kv_indices` / `padded_kv_indices` list only positions S.. of each
@@ -61,21 +66,22 @@ def build_metadata(table: torch.Tensor, is_decode: bool, rows: list[int],
         if int(md.shared_kv[-1]) - first == S - 1 and \
                 bool((md.shared_kv.diff() == 1).all()):  # one run of slots: read a view
             md.shared_kv = slice(first, first + S)
-    single = [i for i, n in enumerate(extend_lens) if n == 1]
+    short = [i for i, n in enumerate(extend_lens) if n <= max(1, SHORT_EXTEND)]
     offsets = [0, *accumulate(extend_lens)][:-1]  # each request's first flat row
-    if is_decode or len(single) > 1:
-        lens = [prefix_lens[i] + 1 - S for i in single]
+    if is_decode or sum(extend_lens[i] for i in short) > 1:
+        rows_of = [(i, j) for i in short for j in range(extend_lens[i])]  # (request, token)
+        lens = [prefix_lens[i] + j + 1 - S for i, j in rows_of]
         max_len = max(lens)
         md.kv_lens = torch.tensor(lens, device=device)
-        idx = torch.tensor([rows[i] for i in single], device=device)
+        idx = torch.tensor([rows[i] for i, _ in rows_of], device=device)
         md.padded_kv_indices = table[idx, S:S + max_len]
         if min(lens) < max_len:  # rows of equal length (batch 1 always) need no mask
             mask = torch.arange(max_len, device=device).unsqueeze(0) < md.kv_lens.unsqueeze(1)
             md.padded_kv_indices = md.padded_kv_indices * mask  # (b, L), padding reads slot 0
             md.kv_mask = mask[:, None, None, :]
         if not is_decode:
-            md.padded_rows = torch.tensor([offsets[i] for i in single], device=device)
-            md.in_padded = [n == 1 for n in extend_lens]
+            md.padded_rows = torch.tensor([offsets[i] + j for i, j in rows_of], device=device)
+            md.in_padded = [n <= max(1, SHORT_EXTEND) for n in extend_lens]
     if S and not is_decode:
         _pad_cascade_extends(md, prefix_lens, extend_lens, offsets, device)
     return md

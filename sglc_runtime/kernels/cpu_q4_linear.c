@@ -54,7 +54,7 @@ static inline void group_scales(const uint8_t *grp, __m512 *dlo, __m512 *mlo, __
 
 /* ---- AMX: a group's 16 B rows are dequantized into a 1 KB tile, x's rows are the A tile,
  * tdpbf16ps accumulates a 16 x 16 float32 C tile per 16 rows of x ---- */
-#define AMX_ROWS 32 /* rows per pass: two A and C tiles share each B tile */
+#define AMX_ROWS 64 /* rows per pass: four C tiles share each B tile */
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
 
 struct tile_config {
@@ -63,27 +63,48 @@ struct tile_config {
     uint8_t rows[16];
 };
 
-/* tiles: 0, 1 = C for rows 0-15 and 16-31; 2 = B; 3, 4 = A for rows 0-15 and 16-31 */
-static AMX_TARGET void amx_config(int rows0, int rows1) {
+/* tiles: 0-3 = C for rows 0-15, 16-31, 32-47, 48-63 (rows[t] each, 0: unused); 4 = B;
+ * 5 = A of a full 16-row C tile, 6 = A of the last one when partial (an A tile's rows must be
+ * its C tile's: tdpbf16ps faults otherwise), loaded for each C tile in turn */
+static AMX_TARGET void amx_config(const int rows[4]) {
     struct tile_config c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
-    c.rows[0] = c.rows[3] = (uint8_t)rows0;
-    c.rows[1] = c.rows[4] = (uint8_t)(rows1 ? rows1 : 1);
-    c.rows[2] = 16;
-    for (int t = 0; t < 5; t++) c.colsb[t] = 64;
+    for (int t = 0; t < 4; t++) {
+        c.rows[t] = (uint8_t)(rows[t] ? rows[t] : 1);
+        c.colsb[t] = 64;
+    }
+    c.rows[4] = 16;
+    c.colsb[4] = 64;
+    c.rows[5] = 16;
+    c.rows[6] = 1;
+    for (int t = 0; t < 4; t++)
+        if (rows[t] && rows[t] < 16) c.rows[6] = (uint8_t)rows[t];
+    c.colsb[5] = c.colsb[6] = 64;
     /* (own asm: gcc 12's _tile_loadconfig tells the compiler it reads 8 bytes of c) */
     __asm__ volatile("ldtilecfg %0" ::"m"(c));
 }
 
 static AMX_TARGET void amx_release(void) { _tile_release(); }
 
+/* (tile numbers are instruction immediates: one line per C tile) */
+#define AMX_TILE_STEP(T)                                                                  \
+    if (rows[T] == 16) {                                                                  \
+        _tile_loadd(5, x + 16 * (T) * x_stride + 32 * g, x_stride * 2);                    \
+        _tile_dpbf16ps(T, 5, 4);                                                           \
+    } else if (rows[T]) {                                                                 \
+        _tile_loadd(6, x + 16 * (T) * x_stride + 32 * g, x_stride * 2);                    \
+        _tile_dpbf16ps(T, 6, 4);                                                           \
+    }
+
 static AMX_TARGET void block_amx(const uint16_t *x, int64_t x_stride, const uint8_t *blk,
-                                 int64_t k, uint16_t *y, int64_t y_stride, int rows0, int rows1) {
+                                 int64_t k, uint16_t *y, int64_t y_stride, const int rows[4]) {
     uint16_t b[2][16 * 32] __attribute__((aligned(64)));
-    float c[16 * 16] __attribute__((aligned(64)));
+    float c[4][16 * 16] __attribute__((aligned(64)));
     _tile_zero(0);
     _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
     for (int64_t g = 0; g < k / 32; g++) {
         const uint8_t *grp = blk + g * GROUP_BYTES;
         __m512 dlo, mlo, dhi, mhi;
@@ -92,32 +113,32 @@ static AMX_TARGET void block_amx(const uint16_t *x, int64_t x_stride, const uint
         for (int kk = 0; kk < 16; kk++)
             _mm512_store_si512((void *)(bg + 32 * kk),
                                (__m512i)dequant_brow(grp + 64 + 16 * kk, dlo, mlo, dhi, mhi));
-        _tile_loadd(2, bg, 64);
-        _tile_loadd(3, x + 32 * g, x_stride * 2);
-        _tile_dpbf16ps(0, 3, 2);
-        if (rows1) {
-            _tile_loadd(4, x + 16 * x_stride + 32 * g, x_stride * 2);
-            _tile_dpbf16ps(1, 4, 2);
-        }
+        _tile_loadd(4, bg, 64);
+        AMX_TILE_STEP(0)
+        AMX_TILE_STEP(1)
+        AMX_TILE_STEP(2)
+        AMX_TILE_STEP(3)
     }
-    for (int t = 0; t < (rows1 ? 2 : 1); t++) {
-        if (t == 0) _tile_stored(0, c, 64); else _tile_stored(1, c, 64);
-        int rows = t ? rows1 : rows0;
-        for (int r = 0; r < rows; r++)
+    _tile_stored(0, c[0], 64);
+    _tile_stored(1, c[1], 64);
+    _tile_stored(2, c[2], 64);
+    _tile_stored(3, c[3], 64);
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < rows[t]; r++)
             _mm256_storeu_si256((__m256i *)(y + (16 * t + r) * y_stride),
-                                (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(c + 16 * r)));
-    }
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(c[t] + 16 * r)));
 }
 
 static AMX_TARGET float amx_ones_product(void) {
     uint16_t ones[16 * 32] __attribute__((aligned(64)));
     float c[16 * 16] __attribute__((aligned(64)));
     for (int i = 0; i < 16 * 32; i++) ones[i] = 0x3f80; /* bf16 1.0 */
-    amx_config(16, 0);
+    const int rows[4] = {16, 0, 0, 0};
+    amx_config(rows);
     _tile_zero(0);
-    _tile_loadd(2, ones, 64);
-    _tile_loadd(3, ones, 64);
-    _tile_dpbf16ps(0, 3, 2);
+    _tile_loadd(4, ones, 64);
+    _tile_loadd(5, ones, 64);
+    _tile_dpbf16ps(0, 5, 4);
     _tile_stored(0, c, 64);
     amx_release();
     float lo = c[0];
@@ -148,13 +169,16 @@ int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, uint16
 #pragma omp parallel num_threads(num_threads)
     {
         for (int64_t r = 0; r < rows; r += AMX_ROWS) {
-            int chunk = (int)(rows - r < AMX_ROWS ? rows - r : AMX_ROWS);
-            int rows0 = chunk < 16 ? chunk : 16, rows1 = chunk - rows0;
-            amx_config(rows0, rows1);
+            int chunk = (int)(rows - r < AMX_ROWS ? rows - r : AMX_ROWS), tr[4];
+            for (int t = 0; t < 4; t++) {
+                int left = chunk - 16 * t;
+                tr[t] = left <= 0 ? 0 : left < 16 ? left : 16;
+            }
+            amx_config(tr);
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < nblocks; b++)
                 block_amx(x + r * x_stride, x_stride, w + b * blk_bytes, k,
-                          y + r * y_stride + 16 * b, y_stride, rows0, rows1);
+                          y + r * y_stride + 16 * b, y_stride, tr);
         }
         amx_release();
     }

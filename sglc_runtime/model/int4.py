@@ -44,7 +44,7 @@ def dequantize_int4(q, scale, zero) -> torch.Tensor:
 
 #: the 4-bit kernel's rows: above torch's int4 path (faster at 1-4 rows, measured), up to
 #: where bf16 linears catch up (the kernel dequantizes once per 32 rows)
-Q4_MAX_ROWS = 32
+Q4_MAX_ROWS = 64
 
 
 class Int4DecodeLinear(nn.Module):
