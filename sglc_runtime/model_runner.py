@@ -87,10 +87,10 @@ def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Token
         if prepacked_linear_available():
             prepack_linears(model)
     if cfg.device == "cpu" and not cfg.disable_cpu_kernels:
-        from .model.llama import LlamaRMSNorm
+        from .model.llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
 
         for m in model.modules():
-            if isinstance(m, LlamaRMSNorm):
+            if isinstance(m, (LlamaRMSNorm, LlamaAttention, LlamaMLP)):
                 m.cpu_kernel = True  # bf16 rows through kernels/cpu_kernels.py where it runs
     logger.info("loaded %s (%s, %d layers) in %.1fs as %s on %s", mcfg.name, path.name,
                 mcfg.num_hidden_layers, time.perf_counter() - t0, cfg.dtype, cfg.device)

@@ -184,3 +184,43 @@ def test_cpu_rms_norm_is_the_pytorch_path(rows):
     plain_wide = norm(wide)
     norm.cpu_kernel = True
     same(norm(wide), plain_wide)
+
+
+@pytest.mark.parametrize("T,n_q,n_kv,hd", [(1, 9, 3, 64), (16, 9, 3, 64), (70, 4, 2, 32)])
+def test_cpu_rope_store_is_the_pytorch_path(T, n_q, n_kv, hd):
+    """Bit for bit LlamaRotaryEmbedding.apply then TokenToKVPool.set_kv."""
+    from sglc_runtime.model.llama import LlamaRotaryEmbedding
+
+    k = _cpu_kernel()
+    g = torch.Generator().manual_seed(T)
+    rot = LlamaRotaryEmbedding(hd, 4096, 10000.0)
+    cos, ssin = rot.tables(torch.randint(0, 4096, (T,), generator=g), torch.bfloat16)
+    qkv = torch.randn(T, (n_q + 2 * n_kv) * hd, generator=g).bfloat16()
+    wide = torch.randn(T, (n_q + 2 * n_kv) * hd + 8, generator=g).bfloat16()
+    for x in (qkv, wide[:, 8:]):  # contiguous rows, and rows with a longer stride
+        kb, vb = (torch.zeros(200, n_kv, hd, dtype=torch.bfloat16) for _ in range(2))
+        slots = torch.randperm(199, generator=g)[:T] + 1
+        assert k.cpu_rope_store_supports(x, kb)
+        q = k.cpu_rope_store(x, cos, ssin, slots, kb, vb, n_q)
+        n_qk = (n_q + n_kv) * hd
+        ref = LlamaRotaryEmbedding.apply(x[:, :n_qk].reshape(T, n_q + n_kv, hd), cos, ssin)
+        assert torch.equal(q, ref[:, :n_q])
+        assert torch.equal(kb[slots], ref[:, n_q:])
+        assert torch.equal(vb[slots], x[:, n_qk:].reshape(T, n_kv, hd))
+        untouched = torch.ones(200, dtype=torch.bool)
+        untouched[slots] = False
+        assert not kb[untouched].any() and not vb[untouched].any()
+
+
+@pytest.mark.parametrize("T,F", [(1, 1536), (16, 1536), (5, 40), (50, 1536)])
+def test_cpu_silu_mul_is_the_pytorch_path(T, F):
+    import torch.nn.functional as Fn
+
+    k = _cpu_kernel()
+    g = torch.Generator().manual_seed(F + T)
+    gu = (torch.randn(T, 2 * F, generator=g) * 4).bfloat16()
+    gate, up = gu.split(F, -1)
+    ref, out = Fn.silu(gate) * up, k.cpu_silu_mul(gu)
+    # another exp than torch's: one bf16 step apart at most, and nearly always equal
+    torch.testing.assert_close(out.float(), ref.float(), rtol=8e-3, atol=1e-6)
+    assert (out == ref).float().mean() > 0.99

@@ -36,9 +36,10 @@ class AttentionBackend:
         return build_metadata(table, is_decode, rows, prefix_lens, extend_lens, device, cascade,
                               self.min_cascade_rows(device))
 
-    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb,
-                pool: TokenToKVPool, scale: float) -> torch.Tensor:
-        """Write the new tokens' K/V (k, v: (T, n_kv, hd)) into `pool`, then attend each query
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor | None,
+                v: torch.Tensor | None, fb, pool: TokenToKVPool, scale: float) -> torch.Tensor:
+        """Write the new tokens' K/V (k, v: (T, n_kv, hd); None when the caller has written
+        them to their slots `fb.out_cache_loc` already) into `pool`, then attend each query
         of q (T, n_q, hd) over its request's whole sequence. Returns (T, n_q, hd)."""
         raise NotImplementedError
 
@@ -96,7 +97,8 @@ class TorchAttention(AttentionBackend):
         return CPU_CASCADE_MIN_ROWS[self.impl] if torch.device(device).type == "cpu" else 0
 
     def forward(self, layer, q, k, v, fb, pool, scale):
-        pool.set_kv(layer, fb.out_cache_loc, k, v)
+        if k is not None:  # (None: the caller stored them, see LlamaAttention)
+            pool.set_kv(layer, fb.out_cache_loc, k, v)
         kbuf, vbuf, md = pool.k_buffer[layer], pool.v_buffer[layer], fb.attn
         if md.shared_len:
             return torch_attention.cascade(q, kbuf, vbuf, md, fb.is_decode, scale, self.impl)

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "exp512.h"
 
 #define BLOCK 64   /* keys scored before their values are summed */
 #define MAX_HEADS 64
@@ -47,23 +48,6 @@ static inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
     __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd),
                              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(abcd), 1)));
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-
-/* exp(x) of 16 lanes, x <= 0 (exp_neg's steps; lanes at or below -87 give 0) */
-static inline __m512 exp512_neg(__m512 x) {
-    __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LE_OQ);
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
-    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.69314718055994531f));
-    __m512 p = _mm512_set1_ps(0.0013888889f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0083333338f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.041666668f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.16666667f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_maskz_mov_ps(~tiny, _mm512_scalef_ps(p, n));
 }
 
 /* acc[jj] += sum_t p[jj][t] * v_t over nb keys, for G query heads (a constant after

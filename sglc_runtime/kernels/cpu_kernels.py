@@ -27,8 +27,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-_SOURCES = (_HERE / "cpu_decode_attention.c", _HERE / "cpu_rms_norm.c", _HERE / "cpu_q4_linear.c")
-_HEADERS = (_HERE / "bf16.h",)  # (in the cache key too)
+_SOURCES = tuple(_HERE / f for f in ("cpu_decode_attention.c", "cpu_rms_norm.c", "cpu_q4_linear.c",
+                                      "cpu_rope_store.c", "cpu_silu_mul.c"))
+_HEADERS = (_HERE / "bf16.h", _HERE / "exp512.h")  # (in the cache key too)
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma",
           "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
 _NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "fma"}
@@ -39,6 +40,8 @@ _SIGNATURES = {
     "bf16_rms_norm": ([_P, _I64, _P, _P, _I64, _I64, _I, ctypes.c_float, _I], None),
     "bf16_q4_linear": ([_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I], ctypes.c_int),
     "q4_amx_init": ([], ctypes.c_int),
+    "bf16_rope_store": ([_P, _I64, _I64, _I, _I, _I, _P, _P, _P, _P, _P, _I64, _P, _I], None),
+    "bf16_silu_mul": ([_P, _I64, _I64, _I64, _P, _I], None),
     "q4_amx_selftest": ([], ctypes.c_int),
 }
 
@@ -188,3 +191,42 @@ def cpu_q4_linear(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor
                                    y.stride(0), rows, n, k, torch.get_num_threads())
     assert rc == 0, "cpu_q4_linear: unsupported shapes"
     return y
+
+
+def cpu_rope_store_supports(qkv: torch.Tensor, k_buf: torch.Tensor) -> bool:
+    """bfloat16 CPU rows of a fused q/k/v projection (last dim contiguous) and a bf16 pool."""
+    return (qkv.device.type == "cpu" and qkv.dtype == k_buf.dtype == torch.bfloat16
+            and qkv.dim() == 2 and qkv.stride(1) == 1 and k_buf.shape[2] % 2 == 0
+            and cpu_kernels_available())
+
+
+def cpu_rope_store(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor,
+                   slots: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+                   n_q: int) -> torch.Tensor:
+    """RoPE on qkv's queries and keys (cos, signed_sin: the (T, 1, hd) bf16 tables of
+    `LlamaRotaryEmbedding.tables`), the rotated keys and the values written to the pool at
+    `slots`; returns the rotated queries (T, n_q, hd). The same values as
+    `LlamaRotaryEmbedding.apply` then `TokenToKVPool.set_kv`; check
+    `cpu_rope_store_supports` first."""
+    T, (n_kv, hd) = qkv.shape[0], k_buf.shape[1:]
+    assert qkv.shape[1] == (n_q + 2 * n_kv) * hd and k_buf.stride() == v_buf.stride()
+    assert k_buf.stride()[1:] == (hd, 1), "pool layout"
+    cos, signed_sin = cos.reshape(T, hd).contiguous(), signed_sin.reshape(T, hd).contiguous()
+    slots = slots.to(torch.int64).contiguous()
+    q = torch.empty((T, n_q, hd), dtype=torch.bfloat16)
+    _library().bf16_rope_store(qkv.data_ptr(), qkv.stride(0), T, n_q, n_kv, hd, cos.data_ptr(),
+                               signed_sin.data_ptr(), q.data_ptr(), k_buf.data_ptr(),
+                               v_buf.data_ptr(), k_buf.stride(0), slots.data_ptr(),
+                               torch.get_num_threads())
+    return q
+
+
+def cpu_silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of bf16 rows (T, 2F) (gate then up, last dim contiguous) -> (T, F), as
+    torch's silu and mul compute it (one bf16 step apart at most: expf vs Sleef)."""
+    T, F2 = gate_up.shape
+    assert gate_up.dtype == torch.bfloat16 and gate_up.stride(1) == 1 and F2 % 2 == 0
+    out = torch.empty((T, F2 // 2), dtype=torch.bfloat16)
+    _library().bf16_silu_mul(gate_up.data_ptr(), gate_up.stride(0), T, F2 // 2, out.data_ptr(),
+                             torch.get_num_threads())
+    return out

@@ -10,7 +10,14 @@ from torch import nn
 from ..attention import paged_attention
 from ..config import ModelConfig
 from ..forward_batch import ForwardBatch
-from ..kernels.cpu_kernels import cpu_rms_norm, cpu_rms_norm_supports
+from ..kernels.cpu_kernels import (
+    cpu_rms_norm,
+    cpu_rms_norm_supports,
+    cpu_rope_store,
+    cpu_rope_store_supports,
+    cpu_kernels_available,
+    cpu_silu_mul,
+)
 from ..kv_pool import TokenToKVPool
 
 
@@ -69,10 +76,17 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = nn.Linear(cfg.hidden_size, (self.n_q + 2 * self.n_kv) * self.hd, bias=False)
         self.o_proj = nn.Linear(self.n_q * self.hd, cfg.hidden_size, bias=False)
         self.scale = self.hd ** -0.5
+        self.cpu_kernel = False  # set by the loader unless --disable-cpu-kernels
 
     def forward(self, x, rope_tables, fb: ForwardBatch, pool: TokenToKVPool):
         T = x.shape[0]
         qkv = self.qkv_proj(x)  # (T, (n_q + 2 n_kv) hd)
+        kbuf, vbuf = pool.k_buffer[self.layer_id], pool.v_buffer[self.layer_id]
+        if self.cpu_kernel and cpu_rope_store_supports(qkv, kbuf):
+            # the lines below in one C call: RoPE, and K and V into the pool (k, v = None)
+            q = cpu_rope_store(qkv, *rope_tables, fb.out_cache_loc, kbuf, vbuf, self.n_q)
+            o = paged_attention(self.layer_id, q, None, None, fb, pool, self.scale)
+            return self.o_proj(o.reshape(T, self.n_q * self.hd))
         n_qk = (self.n_q + self.n_kv) * self.hd
         qk = LlamaRotaryEmbedding.apply(qkv[:, :n_qk].view(T, self.n_q + self.n_kv, self.hd),
                                         *rope_tables)
@@ -88,9 +102,14 @@ class LlamaMLP(nn.Module):
         self.inter = cfg.intermediate_size
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * self.inter, bias=False)
         self.down_proj = nn.Linear(self.inter, cfg.hidden_size, bias=False)
+        self.cpu_kernel = False  # set by the loader unless --disable-cpu-kernels
 
     def forward(self, x):
-        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)  # (T, F) each
+        gu = self.gate_up_proj(x)  # (T, 2F)
+        if self.cpu_kernel and gu.dtype == torch.bfloat16 and gu.dim() == 2 \
+                and gu.stride(1) == 1 and cpu_kernels_available():
+            return self.down_proj(cpu_silu_mul(gu))  # the lines below in one C call
+        gate, up = gu.split(self.inter, dim=-1)  # (T, F) each
         return self.down_proj(F.silu(gate) * up)
 
 
