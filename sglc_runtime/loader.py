@@ -114,7 +114,7 @@ def gguf_q4_projections(reader, cfg: ModelConfig) -> dict[str, tuple] | None:
     """The decoder projections' own 4-bit codes, scales and offsets (`q4_linear.q4_from_gguf`:
     codes (N, K) uint8, d and m (N, K/32) float16), under their HF names with rows in HF's
     order, when every projection is Q4_0 or Q4_1; otherwise None. Their `q4_dequantize` is
-    bit for bit the float32 weight `load_gguf` returns."""
+    the float32 weight `load_gguf` returns (bit for bit but for the sign of a zero)."""
     from .kernels.q4_linear import q4_from_gguf
 
     out = {}
@@ -123,6 +123,8 @@ def gguf_q4_projections(reader, cfg: ModelConfig) -> dict[str, tuple] | None:
         if t.name.startswith("blk.") and parts[2].split(".")[0] in _PROJECTIONS:
             q4 = q4_from_gguf(t.tensor_type.name, t.data)
             if q4 is None:
+                logger.info("%s is %s: 4-bit decode linears read Q4_0/Q4_1 blocks only (torch's "
+                            "int4 path instead)", t.name, t.tensor_type.name)
                 return None
             heads = {"attn_q.weight": cfg.num_attention_heads,
                      "attn_k.weight": cfg.num_key_value_heads}.get(parts[2])

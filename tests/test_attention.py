@@ -262,15 +262,38 @@ def test_short_extends_attend_as_padded_rows(dtype, impl, kernel, monkeypatch):
     q = torch.randn(T, n_q, hd, generator=g).to(dtype)
     k, v = (torch.randn(T, n_kv, hd, generator=g).to(dtype) for _ in range(2))
     outs = {}
-    for short in (metadata.SHORT_EXTEND, 0):
-        monkeypatch.setattr(metadata, "SHORT_EXTEND", short)
+    for short in (metadata.SHORT_EXTEND, 1):
+        monkeypatch.setattr(TorchAttention, "short_extend", lambda self, device: short)
         fb = build_forward_batch(table.clone(), False, reqs, extend_lens, out_loc, "cpu",
                                  cascade=False, attention=TorchAttention(impl, kernel))
-        if short:
+        if short > 1:
             assert fb.attn.in_padded == [True, True, True, False]
             assert fb.attn.kv_lens.tolist()[:4] == [11, 12, 13, 51]
             assert fb.attn.padded_rows.tolist()[:5] == [0, 1, 2, 3, 4]
+        else:
+            assert fb.attn.padded_rows is None  # one one-token request: all per request
         outs[short] = paged_attention(0, q, k, v, fb, pool, hd ** -0.5)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(outs[metadata.SHORT_EXTEND].float(), outs[0].float(), atol=tol,
+    torch.testing.assert_close(outs[metadata.SHORT_EXTEND].float(), outs[1].float(), atol=tol,
                                rtol=tol)
+
+
+def test_short_extends_only_where_decode_rows_read_the_pool_in_place(monkeypatch):
+    """A backend that gathers padded keys per row would copy a prefix per new token."""
+    from sglc_runtime.attention import create_attention_backend, metadata
+
+    assert TorchAttention("sdpa", cpu_kernel=False).short_extend("cpu") == 1
+    assert create_attention_backend("sdpa", torch.float32).short_extend("cpu") == 1
+    bf16 = create_attention_backend("sdpa", torch.bfloat16)
+    from sglc_runtime.kernels.cpu_kernels import cpu_kernels_available
+
+    assert bf16.short_extend("cpu") == (metadata.SHORT_EXTEND if cpu_kernels_available() else 1)
+    # and never past MAX_PADDED_SLOTS padded slots: a long prefix keeps its extend per request
+    monkeypatch.setattr(metadata, "MAX_PADDED_SLOTS", 100_000)  # 33 rows x 8032 slots above
+    table = torch.arange(1, 4 * 9000 + 1).view(4, 9000)
+    md = metadata.build_metadata(table, False, [0, 1], [8000, 10], [32, 1], "cpu",
+                                 cascade=False, short_extend=32)
+    assert md.in_padded is None  # one one-token request left: every request on its own
+    md = metadata.build_metadata(table, False, [0, 1], [100, 10], [32, 1], "cpu",
+                                 cascade=False, short_extend=32)
+    assert md.in_padded == [True, True] and md.kv_lens.numel() == 33

@@ -136,11 +136,12 @@ def test_cpu_kernels_without_a_compiler_or_a_writable_cache_stay_on_pytorch(monk
 
     (tmp_path / "file").write_text("not a folder")
     with caplog.at_level("WARNING"):  # the cache folder cannot be made: a warning, no raise
-        assert cpu_kernels._build(tmp_path / "file" / "kernels" / "k.so") is False
+        assert cpu_kernels._build(tmp_path / "file" / "kernels" / "k.so",
+                                  cpu_kernels._SOURCES) is False
     assert "could not build" in caplog.text
     monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: None)
     with caplog.at_level("WARNING"):
-        assert cpu_kernels._build(tmp_path / "k.so") is False
+        assert cpu_kernels._build(tmp_path / "k.so", cpu_kernels._SOURCES) is False
     assert "no C compiler" in caplog.text and not (tmp_path / "k.so").exists()
 
 

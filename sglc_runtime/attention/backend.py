@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.cpu_kernels import cpu_decode_attention, cpu_decode_supports
+from ..kernels.cpu_kernels import cpu_decode_attention, cpu_decode_supports, cpu_kernels_available
 from ..kv_pool import TokenToKVPool
 from . import torch_attention
-from .metadata import AttentionMetadata, build_metadata
+from .metadata import SHORT_EXTEND, AttentionMetadata, build_metadata
 
 
 class AttentionBackend:
@@ -30,11 +30,17 @@ class AttentionBackend:
         attention call and merge (0: any shared prefix of MIN_SHARED_PREFIX slots)."""
         return 0
 
+    def short_extend(self, device) -> int:
+        """Requests adding at most this many tokens attend as one-query rows of the padded
+        call (metadata.SHORT_EXTEND where decode rows read the pool in place; 1 where they
+        gather a padded copy of every row's keys, which would copy a prefix per new token)."""
+        return 1
+
     def init_metadata(self, table: torch.Tensor, is_decode: bool, rows: list[int],
                       prefix_lens: list[int], extend_lens: list[int], device,
                       cascade: bool = True) -> AttentionMetadata:
         return build_metadata(table, is_decode, rows, prefix_lens, extend_lens, device, cascade,
-                              self.min_cascade_rows(device))
+                              self.min_cascade_rows(device), self.short_extend(device))
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor | None,
                 v: torch.Tensor | None, fb, pool: TokenToKVPool, scale: float) -> torch.Tensor:
@@ -96,6 +102,10 @@ class TorchAttention(AttentionBackend):
     def min_cascade_rows(self, device) -> int:
         return CPU_CASCADE_MIN_ROWS[self.impl] if torch.device(device).type == "cpu" else 0
 
+    def short_extend(self, device) -> int:
+        on_cpu = torch.device(device).type == "cpu"
+        return SHORT_EXTEND if self.cpu_kernel and on_cpu and cpu_kernels_available() else 1
+
     def forward(self, layer, q, k, v, fb, pool, scale):
         if k is not None:  # (None: the caller stored them, see LlamaAttention)
             pool.set_kv(layer, fb.out_cache_loc, k, v)
@@ -122,6 +132,9 @@ class TritonAttention(TorchAttention):
         super().__init__("sdpa")
         self.name = "triton"
 
+    def short_extend(self, device) -> int:
+        return SHORT_EXTEND  # the Triton decode kernel reads the pool in place
+
     def decode(self, q, kbuf, vbuf, md, scale):
         from ..kernels.decode_attention import decode_attention
 
@@ -137,7 +150,7 @@ def create_attention_backend(name: str, dtype: torch.dtype,
         return TritonAttention()
     if name == "auto":
         name = torch_attention.fastest_cpu_attention(dtype)
-    return TorchAttention(name, cpu_kernel)
+    return TorchAttention(name, cpu_kernel and dtype == torch.bfloat16)
 
 
 def paged_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb,

@@ -11,8 +11,10 @@ import torch
 MIN_SHARED_PREFIX = 32  # shorter common prefixes are attended per request
 MAX_CASCADE_EXTEND = 512  # longer new-token runs use per-request flash attention
 #: requests adding at most this many tokens attend as one-query rows of the padded call (one
-#: row per new token, each seeing its own causal key count) instead of one attention call each
+#: row per new token, each seeing its own causal key count) instead of one attention call each,
+#: where the backend's decode rows read the pool in place (`AttentionBackend.short_extend`)
 SHORT_EXTEND = 32
+MAX_PADDED_SLOTS = 1 << 22  # short extends stay per request past this many padded slots
 
 
 @dataclass
@@ -47,11 +49,13 @@ class AttentionMetadata:
 
 def build_metadata(table: torch.Tensor, is_decode: bool, rows: list[int],
                    prefix_lens: list[int], extend_lens: list[int], device,
-                   cascade: bool = True, min_saved_rows: int = 0) -> AttentionMetadata:
+                   cascade: bool = True, min_saved_rows: int = 0,
+                   short_extend: int = 1) -> AttentionMetadata:
     """The layout of a batch whose request i (KV table row `rows[i]`, already holding the new
     tokens' slots) adds `extend_lens[i]` tokens after `prefix_lens[i]` cached ones. A shared
     prefix of S slots is attended once (cascade) when `cascade` and the rows it saves reading,
-    (b - 1) * S, reach `min_saved_rows` (the backend's break-even)."""
+    (b - 1) * S, reach `min_saved_rows` (the backend's break-even). Requests adding at most
+    `short_extend` tokens attend as padded one-query rows (see AttentionMetadata)."""
     # (the shared prefix is at most the shortest prefix: skip the search when that cannot pay)
     can_pay = (len(rows) - 1) * min(prefix_lens, default=0) >= min_saved_rows
     S = shared_prefix_len(table, rows, prefix_lens, extend_lens) if cascade and can_pay else 0
@@ -66,7 +70,13 @@ def build_metadata(table: torch.Tensor, is_decode: bool, rows: list[int],
         if int(md.shared_kv[-1]) - first == S - 1 and \
                 bool((md.shared_kv.diff() == 1).all()):  # one run of slots: read a view
             md.shared_kv = slice(first, first + S)
-    short = [i for i, n in enumerate(extend_lens) if n <= max(1, SHORT_EXTEND)]
+    short = [i for i, n in enumerate(extend_lens) if n <= short_extend]
+    if not is_decode and short_extend > 1:  # the padded table stays small: else one-token only
+        rows_slots = sum(extend_lens[i] for i in short) * max(
+            prefix_lens[i] + extend_lens[i] for i in short) if short else 0
+        if rows_slots > MAX_PADDED_SLOTS:
+            short_extend = 1
+            short = [i for i, n in enumerate(extend_lens) if n == 1]
     offsets = [0, *accumulate(extend_lens)][:-1]  # each request's first flat row
     if is_decode or sum(extend_lens[i] for i in short) > 1:
         rows_of = [(i, j) for i in short for j in range(extend_lens[i])]  # (request, token)
@@ -81,7 +91,7 @@ def build_metadata(table: torch.Tensor, is_decode: bool, rows: list[int],
             md.kv_mask = mask[:, None, None, :]
         if not is_decode:
             md.padded_rows = torch.tensor([offsets[i] + j for i, j in rows_of], device=device)
-            md.in_padded = [n <= max(1, SHORT_EXTEND) for n in extend_lens]
+            md.in_padded = [n <= short_extend for n in extend_lens]
     if S and not is_decode:
         _pad_cascade_extends(md, prefix_lens, extend_lens, offsets, device)
     return md

@@ -1,6 +1,7 @@
 /* Paged decode attention for bfloat16 KV pools on AVX-512-BF16 CPUs: each request's one query
- * per head attends its KV slots read straight from the pool (no gathered copy). One task per
- * request reads each key row once for all its heads; q.k products are bf16 pairs summed in
+ * per head attends its KV slots read straight from the pool (no gathered copy). A task is a
+ * request's KV heads (one each when there are fewer requests than threads); each KV head's key
+ * and value rows are read once for all its query heads; q.k products are bf16 pairs summed in
  * float32 (vdpbf16ps), the softmax and the weighted sum of values are float32. Built by
  * cpu_kernels.py; the contract is decode_attention_ref's in decode_attention.py.
  *

@@ -27,8 +27,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-_SOURCES = tuple(_HERE / f for f in ("cpu_decode_attention.c", "cpu_rms_norm.c", "cpu_q4_linear.c",
+_SOURCES = tuple(_HERE / f for f in ("cpu_decode_attention.c", "cpu_rms_norm.c",
                                       "cpu_rope_store.c", "cpu_silu_mul.c"))
+# a library of its own: a compiler without AMX intrinsics (GCC < 11) loses only this one
+_Q4_SOURCES = (_HERE / "cpu_q4_linear.c",)
 _HEADERS = (_HERE / "bf16.h", _HERE / "exp512.h")  # (in the cache key too)
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma",
           "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
@@ -38,10 +40,12 @@ _SIGNATURES = {
     "bf16_decode_attention": ([_P, _P, _P, _P, _I64, _P, _P, _I, _I, _I, _I, _I64,
                                ctypes.c_float, _I], ctypes.c_int),
     "bf16_rms_norm": ([_P, _I64, _P, _P, _I64, _I64, _I, ctypes.c_float, _I], None),
-    "bf16_q4_linear": ([_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I], ctypes.c_int),
-    "q4_amx_init": ([], ctypes.c_int),
     "bf16_rope_store": ([_P, _I64, _I64, _I, _I, _I, _P, _P, _P, _P, _P, _I64, _P, _I], None),
     "bf16_silu_mul": ([_P, _I64, _I64, _I64, _P, _I], None),
+}
+_Q4_SIGNATURES = {
+    "bf16_q4_linear": ([_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I], ctypes.c_int),
+    "q4_amx_init": ([], ctypes.c_int),
     "q4_amx_selftest": ([], ctypes.c_int),
 }
 
@@ -57,7 +61,7 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _build(out: Path) -> bool:
+def _build(out: Path, sources: tuple[Path, ...]) -> bool:
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         logger.warning("no C compiler found (set CC): the CPU kernels stay on PyTorch")
@@ -66,7 +70,7 @@ def _build(out: Path) -> bool:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             so = Path(tmp) / out.name
-            proc = subprocess.run([cc, *_FLAGS, *map(str, _SOURCES), "-o", str(so), "-lm"],
+            proc = subprocess.run([cc, *_FLAGS, *map(str, sources), "-o", str(so), "-lm"],
                                   capture_output=True, text=True, check=False, timeout=300)
             if proc.returncode == 0:
                 os.replace(so, out)  # atomic: engines building at once each see a whole file
@@ -80,25 +84,36 @@ def _build(out: Path) -> bool:
     return False
 
 
-@functools.cache
-def _library():
+def _load(stem: str, sources: tuple[Path, ...], signatures: dict):
+    """The library of `sources`, built once per machine into the sglc cache; None where the
+    CPU, a compiler or the cache is missing."""
     if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64") \
-            or not _NEEDS <= _cpu_flags() or not all(p.is_file() for p in _SOURCES + _HEADERS):
+            or not _NEEDS <= _cpu_flags() or not all(p.is_file() for p in sources + _HEADERS):
         return None
     from ..model_source import cache_dir
 
-    text = b"".join(p.read_bytes() for p in _SOURCES + _HEADERS) + " ".join(_FLAGS).encode()
-    out = cache_dir() / "kernels" / f"cpu_kernels_{hashlib.sha256(text).hexdigest()[:16]}.so"
-    if not out.exists() and not _build(out):
+    text = b"".join(p.read_bytes() for p in sources + _HEADERS) + " ".join(_FLAGS).encode()
+    out = cache_dir() / "kernels" / f"{stem}_{hashlib.sha256(text).hexdigest()[:16]}.so"
+    if not out.exists() and not _build(out, sources):
         return None
     try:
         lib = ctypes.CDLL(str(out))
     except OSError as e:
         logger.warning("could not load %s (%s): the CPU kernels stay on PyTorch", out, e)
         return None
-    for name, (args, res) in _SIGNATURES.items():
+    for name, (args, res) in signatures.items():
         getattr(lib, name).argtypes, getattr(lib, name).restype = args, res
     return lib
+
+
+@functools.cache
+def _library():
+    return _load("cpu_kernels", _SOURCES, _SIGNATURES)
+
+
+@functools.cache
+def _q4_library():
+    return _load("cpu_q4_linear", _Q4_SOURCES, _Q4_SIGNATURES)
 
 
 def cpu_kernels_available() -> bool:
@@ -160,8 +175,10 @@ def cpu_q4_linear_available() -> bool:
     """Whether the 4-bit linear runs here: the kernels build, the CPU lists AMX-BF16, Linux
     grants this process the tile state, and a child process multiplied a tile correctly (a VM
     that advertises AMX but faults on it kills only the child)."""
-    lib = _library()
-    if lib is None or not {"amx_tile", "amx_bf16"} <= _cpu_flags():
+    if not {"amx_tile", "amx_bf16"} <= _cpu_flags():
+        return False
+    lib = _q4_library()
+    if lib is None:
         return False
     so = lib._name
     probe = f"import ctypes, sys; sys.exit(ctypes.CDLL({so!r}).q4_amx_selftest())"
@@ -185,9 +202,11 @@ def cpu_q4_linear(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor
         raise RuntimeError("cpu_q4_linear: AMX does not run here")
     rows, k = x.shape
     assert x.dtype == torch.bfloat16 and x.stride(1) == 1, "q4 linear takes bf16 rows"
-    assert packed.shape == (n // 16, k // 32, 320), "packed weights do not match x"
+    if packed.shape != (n // 16, k // 32, 320) or k % 32 or n % 16:  # (no assert: -O drops it)
+        raise ValueError(f"cpu_q4_linear: packed weights {tuple(packed.shape)} do not match "
+                         f"x of width {k} and {n} outputs")
     y = torch.empty((rows, n), dtype=torch.bfloat16)
-    rc = _library().bf16_q4_linear(x.data_ptr(), x.stride(0), packed.data_ptr(), y.data_ptr(),
+    rc = _q4_library().bf16_q4_linear(x.data_ptr(), x.stride(0), packed.data_ptr(), y.data_ptr(),
                                    y.stride(0), rows, n, k, torch.get_num_threads())
     assert rc == 0, "cpu_q4_linear: unsupported shapes"
     return y

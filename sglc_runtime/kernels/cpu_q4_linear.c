@@ -1,5 +1,5 @@
 /* y = x . W^T for bfloat16 rows x and 4-bit group-32 weights W on CPUs with AMX-BF16 (and
- * AVX-512-BF16): the decode linear at 5-32 rows. There a CPU's linears are bound by reading
+ * AVX-512-BF16): the decode linear at 5-64 rows. There a CPU's linears are bound by reading
  * the weights; this reads 5 bits per weight where a bf16 linear reads 16, dequantizes them
  * with AVX-512 into bf16 tiles and multiplies the tiles with AMX (AVX-512's vdpbf16ps alone
  * runs out of arithmetic past 4 rows). Built by cpu_kernels.py; the contract and the packing
@@ -7,7 +7,7 @@
  *
  * W[n, k] = d * c + m in float32, c the weight's 4-bit code and d, m (float16) its group's
  * (32 weights along k) scale and offset, as GGUF's Q4_0/Q4_1 blocks store them: d * c is
- * exact, so W is bit for bit the float32 dequantization. W is rounded to bf16 (nearest even)
+ * exact, so W is the float32 dequantization's value. W is rounded to bf16 (nearest even)
  * as a bf16 model's weight is; products of bf16 pairs are summed in float32; y is rounded to
  * bf16.
  *

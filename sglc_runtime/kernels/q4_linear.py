@@ -2,7 +2,8 @@
 scales and offsets, packed once for `cpu_q4_linear.c` (through `cpu_kernels.cpu_q4_linear`).
 
 A weight is `d * c + m` (c its 4-bit code; d, m float16, shared by 32 weights along a row);
-`q4_dequantize` is that in float32, bit for bit what gguf-py's dequantization gives, so a bf16
+`q4_dequantize` is that in float32, the values gguf-py's dequantization gives (bit for bit but
+for the sign of a zero: Q4_0's d * (8 - 8) is -0.0 where d < 0, d * 8 - 8 d is +0.0), so a bf16
 model's weight is `q4_dequantize(...).bfloat16()` and the kernel multiplies exactly those
 weights. `q4_linear_ref` is the plain PyTorch statement of the kernel's contract.
 """
@@ -25,7 +26,8 @@ def q4_from_gguf(type_name: str, raw: np.ndarray) -> tuple[torch.Tensor, ...] | 
     if type_name == "Q4_0":
         blocks = raw.reshape(n, -1, 18)
         d = blocks[..., :2].copy().view(np.float16)[..., 0]
-        m = (d.astype(np.float32) * -8).astype(np.float16)
+        with np.errstate(over="ignore"):
+            m = (d.astype(np.float32) * -8).astype(np.float16)
         if not np.isfinite(m).all():
             return None
         qs = blocks[..., 2:]

@@ -1,4 +1,4 @@
-"""Small-batch decode through int4 weights: on a CPU, decode at 1-32 rows is bound by reading
+"""Small-batch decode through int4 weights: on a CPU, decode at 1-64 rows is bound by reading
 the weights from memory, so rows <= `max_rows` use torch's packed-int4 matmul (4.5 bits/weight,
 group-32 scale + zero, bf16 activations), and, where a GGUF file's own Q4_0/Q4_1 weights and
 AMX are there, rows up to `q4_max_rows` use `kernels/cpu_q4_linear.c` on those exact weights;
@@ -43,7 +43,7 @@ def dequantize_int4(q, scale, zero) -> torch.Tensor:
 
 
 #: the 4-bit kernel's rows: above torch's int4 path (faster at 1-4 rows, measured), up to
-#: where bf16 linears catch up (the kernel dequantizes once per 32 rows)
+#: where bf16 linears catch up (the kernel dequantizes once per 64 rows)
 Q4_MAX_ROWS = 64
 
 
