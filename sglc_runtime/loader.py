@@ -135,6 +135,16 @@ def gguf_q4_projections(reader, cfg: ModelConfig) -> dict[str, tuple] | None:
     return out or None
 
 
+def gguf_q8_head(reader) -> tuple | None:
+    """The LM head's own Q8_0 codes and scales (`q4_linear.q8_from_gguf`; output.weight, else
+    the tied token_embd.weight), or None when it is stored otherwise."""
+    from .kernels.q4_linear import q8_from_gguf
+
+    by_name = {t.name: t for t in reader.tensors}
+    t = by_name.get("output.weight", by_name.get("token_embd.weight"))
+    return None if t is None else q8_from_gguf(t.tensor_type.name, t.data)
+
+
 def _dequant_cache_path(path: Path) -> Path:
     """Dequantizing in numpy takes ~20 s; the float32 result is cached beside other models,
     keyed by the GGUF file's identity (path, size, mtime)."""

@@ -75,12 +75,12 @@ def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Token
     if cfg.quantization == "int4":
         from .model.int4 import enable_int4_decode
 
-        q4 = None
+        q4 = q8 = None
         if not path.is_dir() and cfg.dtype == torch.bfloat16 and not cfg.disable_cpu_kernels:
-            from .loader import gguf_q4_projections
+            from .loader import gguf_q4_projections, gguf_q8_head
 
-            q4 = gguf_q4_projections(reader, mcfg)
-        enable_int4_decode(model, q4=q4)
+            q4, q8 = gguf_q4_projections(reader, mcfg), gguf_q8_head(reader)
+        enable_int4_decode(model, q4=q4, head_q8=q8)
     if cfg.device == "cpu" and not cfg.disable_prepacked_linear:
         from .model.packed_linear import prepack_linears, prepacked_linear_available
 

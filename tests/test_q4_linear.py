@@ -8,8 +8,17 @@ import torch
 from torch import nn
 
 from sglc_runtime.kernels.cpu_kernels import cpu_q4_linear, cpu_q4_linear_available
-from sglc_runtime.kernels.q4_linear import pack_q4, q4_dequantize, q4_from_gguf, q4_linear_ref
-from sglc_runtime.model.int4 import Q4_MAX_ROWS, Int4DecodeLinear, int4_available
+from sglc_runtime.kernels.q4_linear import (
+    pack_q4,
+    pack_q8,
+    q4_dequantize,
+    q4_from_gguf,
+    q4_linear_ref,
+    q8_dequantize,
+    q8_from_gguf,
+    q8_linear_ref,
+)
+from sglc_runtime.model.int4 import Q4_MAX_ROWS, Int4DecodeLinear, Q8DecodeHead, int4_available
 
 needs_amx = pytest.mark.skipif(not cpu_q4_linear_available(),
                                reason="the 4-bit kernel needs AMX-BF16 and a C compiler")
@@ -105,3 +114,53 @@ def test_default_model_projections_are_its_float_weights(tmp_path):
     assert len(q4) == 7 * cfg.num_hidden_layers
     for name, parts in q4.items():  # q and k rows unpermuted for RoPE like the float weights
         assert torch.equal(q4_dequantize(*parts), weights[name]), name
+
+
+def test_q8_blocks_dequantize_bit_for_bit_as_gguf_py():
+    rng = np.random.default_rng(3)
+    d = (rng.random((40, 8, 1)) * 0.02 + 1e-4).astype(np.float16).view(np.uint8)
+    raw = np.concatenate([d, rng.integers(0, 256, (40, 8, 32), dtype=np.uint8)], -1)
+    raw = raw.reshape(40, -1)
+    codes, dd = q8_from_gguf("Q8_0", raw)
+    ref = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0)
+    assert codes.dtype == torch.int8 and q8_from_gguf("Q4_1", raw) is None
+    assert torch.equal(q8_dequantize(codes, dd), torch.from_numpy(np.asarray(ref, np.float32)))
+
+
+def random_q8(n: int, k: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    return codes, (torch.rand(n, k // 32, generator=g) * 0.02 + 1e-3).half()
+
+
+@needs_amx
+@pytest.mark.parametrize("rows", [1, 5, 16, 33, 64, 70])
+@pytest.mark.parametrize("n,k", [(16, 32), (48, 96), (160, 576)])
+def test_q8_kernel_matches_reference(rows, n, k):
+    codes, d = random_q8(n, k, seed=rows)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(2)).bfloat16()
+    ref = q8_linear_ref(x, codes, d).float()
+    out = cpu_q4_linear(x, pack_q8(codes, d), n)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, n)
+    assert torch.allclose(out.float(), ref, rtol=2 ** -7, atol=1e-3 * ref.abs().max().item())
+
+
+@needs_amx
+def test_q8_head_routes_rows_and_keeps_the_weight():
+    codes, d = random_q8(64, 96)
+    head = nn.Linear(96, 64, bias=False)
+    head.weight.data = q8_dequantize(codes, d).bfloat16()
+    q8 = Q8DecodeHead(head, (codes, d), max_rows=8)
+    assert q8.weight is head.weight  # (tied to the embedding)
+    x = torch.randn(8, 96).bfloat16()
+    ref = q8_linear_ref(x, codes, d).float()
+    assert torch.allclose(q8(x).float(), ref, rtol=2 ** -7, atol=1e-3 * ref.abs().max().item())
+    x = torch.randn(9, 96).bfloat16()
+    assert torch.equal(q8(x), head(x))
+
+
+def test_mismatched_packing_is_refused():
+    if not cpu_q4_linear_available():
+        pytest.skip("no AMX")
+    with pytest.raises(ValueError, match="do not match"):
+        cpu_q4_linear(torch.zeros(2, 64).bfloat16(), pack_q4(*random_q4(32, 96)), 32)

@@ -44,7 +44,7 @@ _SIGNATURES = {
     "bf16_silu_mul": ([_P, _I64, _I64, _I64, _P, _I], None),
 }
 _Q4_SIGNATURES = {
-    "bf16_q4_linear": ([_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I], ctypes.c_int),
+    "bf16_q4_linear": ([_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I, _I], ctypes.c_int),
     "q4_amx_init": ([], ctypes.c_int),
     "q4_amx_selftest": ([], ctypes.c_int),
 }
@@ -196,18 +196,20 @@ def cpu_q4_linear_available() -> bool:
 
 def cpu_q4_linear(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
     """x (R, K) bfloat16 rows (last dim contiguous) times 4-bit weights packed by
-    `q4_linear.pack_q4` -> (R, n) bfloat16; the contract is `q4_linear.q4_linear_ref`. Check
+    `q4_linear.pack_q4` (or 8-bit ones by `pack_q8`: the packing's last dimension says which)
+    -> (R, n) bfloat16; the contract is `q4_linear.q4_linear_ref` (`q8_linear_ref`). Check
     `cpu_q4_linear_available()` first."""
     if not cpu_q4_linear_available():  # (also what grants this process AMX: never skip it)
         raise RuntimeError("cpu_q4_linear: AMX does not run here")
     rows, k = x.shape
     assert x.dtype == torch.bfloat16 and x.stride(1) == 1, "q4 linear takes bf16 rows"
-    if packed.shape != (n // 16, k // 32, 320) or k % 32 or n % 16:  # (no assert: -O drops it)
+    bits = {320: 4, 544: 8}.get(packed.shape[-1])
+    if bits is None or packed.shape[:2] != (n // 16, k // 32) or k % 32 or n % 16:
         raise ValueError(f"cpu_q4_linear: packed weights {tuple(packed.shape)} do not match "
-                         f"x of width {k} and {n} outputs")
+                         f"x of width {k} and {n} outputs")  # (no assert: -O drops it)
     y = torch.empty((rows, n), dtype=torch.bfloat16)
     rc = _q4_library().bf16_q4_linear(x.data_ptr(), x.stride(0), packed.data_ptr(), y.data_ptr(),
-                                   y.stride(0), rows, n, k, torch.get_num_threads())
+                                      y.stride(0), rows, n, k, bits, torch.get_num_threads())
     assert rc == 0, "cpu_q4_linear: unsupported shapes"
     return y
 

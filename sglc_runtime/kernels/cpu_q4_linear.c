@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #define GROUP_BYTES 320
+#define Q8_GROUP_BYTES 544 /* 8-bit: 16 d (float16), then 16 B rows of 32 codes */
 
 /* B row kk of a group: 32 bf16, pair j = column n0 + j */
 static inline __m512bh dequant_brow(const uint8_t *codes, __m512 dlo, __m512 mlo, __m512 dhi,
@@ -38,18 +39,28 @@ static inline __m512bh dequant_brow(const uint8_t *codes, __m512 dlo, __m512 mlo
     return _mm512_cvtne2ps_pbh(hi, lo);
 }
 
+/* 8-bit B row kk (Q8_0: W = d * c, c a signed byte): bytes 2 j + e hold column j's code of
+ * input 2 kk + e for j < 8, bytes 16 + 2 j + e column 8 + j's */
+static inline __m512bh dequant_brow_q8(const uint8_t *codes, __m512 dlo, __m512 dhi) {
+    __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)codes)));
+    __m512 hi = _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(codes + 16))));
+    return _mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, dhi), _mm512_mul_ps(lo, dlo));
+}
+
 /* a group's scales and offsets spread over B-row lanes: lane i of *lo is column i / 2's,
  * lane i of *hi is column 8 + i / 2's */
+static inline void spread16(const uint8_t *p, __m512 *lo, __m512 *hi) {
+    const __m512i ilo = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); /* 16 float16 */
+    *lo = _mm512_permutexvar_ps(ilo, v);
+    *hi = _mm512_permutexvar_ps(_mm512_add_epi32(ilo, _mm512_set1_epi32(8)), v);
+}
+
 static inline void group_scales(const uint8_t *grp, __m512 *dlo, __m512 *mlo, __m512 *dhi,
                                 __m512 *mhi) {
-    const __m512i ilo = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
-    const __m512i ihi = _mm512_add_epi32(ilo, _mm512_set1_epi32(8));
-    __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)grp));
-    __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(grp + 32)));
-    *dlo = _mm512_permutexvar_ps(ilo, d);
-    *dhi = _mm512_permutexvar_ps(ihi, d);
-    *mlo = _mm512_permutexvar_ps(ilo, m);
-    *mhi = _mm512_permutexvar_ps(ihi, m);
+    spread16(grp, dlo, dhi);
+    spread16(grp + 32, mlo, mhi);
 }
 
 /* ---- AMX: a group's 16 B rows are dequantized into a 1 KB tile, x's rows are the A tile,
@@ -98,7 +109,8 @@ static AMX_TARGET void amx_release(void) { _tile_release(); }
     }
 
 static AMX_TARGET void block_amx(const uint16_t *x, int64_t x_stride, const uint8_t *blk,
-                                 int64_t k, uint16_t *y, int64_t y_stride, const int rows[4]) {
+                                 int64_t k, uint16_t *y, int64_t y_stride, const int rows[4],
+                                 int bits) {
     uint16_t b[2][16 * 32] __attribute__((aligned(64)));
     float c[4][16 * 16] __attribute__((aligned(64)));
     _tile_zero(0);
@@ -106,13 +118,22 @@ static AMX_TARGET void block_amx(const uint16_t *x, int64_t x_stride, const uint
     _tile_zero(2);
     _tile_zero(3);
     for (int64_t g = 0; g < k / 32; g++) {
-        const uint8_t *grp = blk + g * GROUP_BYTES;
-        __m512 dlo, mlo, dhi, mhi;
-        group_scales(grp, &dlo, &mlo, &dhi, &mhi);
         uint16_t *bg = b[g & 1];
-        for (int kk = 0; kk < 16; kk++)
-            _mm512_store_si512((void *)(bg + 32 * kk),
-                               (__m512i)dequant_brow(grp + 64 + 16 * kk, dlo, mlo, dhi, mhi));
+        if (bits == 4) {
+            const uint8_t *grp = blk + g * GROUP_BYTES;
+            __m512 dlo, mlo, dhi, mhi;
+            group_scales(grp, &dlo, &mlo, &dhi, &mhi);
+            for (int kk = 0; kk < 16; kk++)
+                _mm512_store_si512((void *)(bg + 32 * kk), (__m512i)dequant_brow(
+                                       grp + 64 + 16 * kk, dlo, mlo, dhi, mhi));
+        } else {
+            const uint8_t *grp = blk + g * Q8_GROUP_BYTES;
+            __m512 dlo, dhi;
+            spread16(grp, &dlo, &dhi);
+            for (int kk = 0; kk < 16; kk++)
+                _mm512_store_si512((void *)(bg + 32 * kk),
+                                   (__m512i)dequant_brow_q8(grp + 32 + 32 * kk, dlo, dhi));
+        }
         _tile_loadd(4, bg, 64);
         AMX_TILE_STEP(0)
         AMX_TILE_STEP(1)
@@ -162,10 +183,13 @@ int q4_amx_selftest(void) {
     return amx_ones_product() == 32.0f ? 0 : 2;
 }
 
+/* bits: 4 (the packing above) or 8 (Q8_0: 544 bytes per 16 columns x 32 inputs, see
+ * dequant_brow_q8) */
 int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, uint16_t *y,
-                   int64_t y_stride, int64_t rows, int64_t n, int64_t k, int num_threads) {
-    if (k % 32 || n % 16 || rows < 0) return 1;
-    int64_t nblocks = n / 16, blk_bytes = (k / 32) * GROUP_BYTES;
+                   int64_t y_stride, int64_t rows, int64_t n, int64_t k, int bits,
+                   int num_threads) {
+    if (k % 32 || n % 16 || rows < 0 || (bits != 4 && bits != 8)) return 1;
+    int64_t nblocks = n / 16, blk_bytes = (k / 32) * (bits == 4 ? GROUP_BYTES : Q8_GROUP_BYTES);
 #pragma omp parallel num_threads(num_threads)
     {
         for (int64_t r = 0; r < rows; r += AMX_ROWS) {
@@ -178,7 +202,7 @@ int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, uint16
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < nblocks; b++)
                 block_amx(x + r * x_stride, x_stride, w + b * blk_bytes, k,
-                          y + r * y_stride + 16 * b, y_stride, tr);
+                          y + r * y_stride + 16 * b, y_stride, tr, bits);
         }
         amx_release();
     }

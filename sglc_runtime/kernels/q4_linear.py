@@ -64,6 +64,39 @@ def pack_q4(codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tens
     return torch.cat([per_group(d), per_group(m), b], dim=-1).contiguous()
 
 
+def q8_from_gguf(type_name: str, raw: np.ndarray) -> tuple[torch.Tensor, ...] | None:
+    """A GGUF tensor's rows of Q8_0 blocks (d float16, 32 signed codes: w = d * c, exact in
+    float32) as codes (N, K) int8 and d (N, K/32) float16; None for other types."""
+    if type_name != "Q8_0":
+        return None
+    blocks = np.ascontiguousarray(raw).reshape(raw.shape[0], -1, 34)
+    d = blocks[..., :2].copy().view(np.float16)[..., 0]
+    codes = blocks[..., 2:].copy().view(np.int8).reshape(raw.shape[0], -1)
+    return torch.from_numpy(codes), torch.from_numpy(d)
+
+
+def q8_dequantize(codes: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """(N, K) float32 weights `d * c`."""
+    n, k = codes.shape
+    return (codes.view(n, k // GROUP, GROUP).float() * d.float().unsqueeze(-1)).view(n, k)
+
+
+def pack_q8(codes: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """The kernel's 8-bit layout: (N/16, K/32, 544) uint8, per 16 columns and 32 inputs the
+    16 d (float16), then 16 B rows of 32 codes (see cpu_q4_linear.c's dequant_brow_q8)."""
+    n, k = codes.shape
+    assert n % 16 == 0 and k % GROUP == 0, "q8 packing needs N % 16 == 0 and K % 32 == 0"
+    nb, g = n // 16, k // GROUP
+    scales = d.view(nb, 16, g).transpose(1, 2).contiguous().view(torch.uint8)  # (NB, G, 32)
+    c = codes.view(torch.uint8).view(nb, 2, 8, g, 16, 2).permute(0, 3, 4, 1, 2, 5)
+    return torch.cat([scales, c.reshape(nb, g, 512)], dim=-1).contiguous()
+
+
+def q8_linear_ref(x: torch.Tensor, codes: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """x (R, K) bfloat16 -> (R, N) bfloat16 through the bf16-rounded 8-bit weights."""
+    return (x.float() @ q8_dequantize(codes, d).bfloat16().float().T).bfloat16()
+
+
 def q4_linear_ref(x: torch.Tensor, codes: torch.Tensor, d: torch.Tensor,
                   m: torch.Tensor) -> torch.Tensor:
     """x (R, K) bfloat16 -> (R, N) bfloat16: x times the bf16-rounded weights, summed in

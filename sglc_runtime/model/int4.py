@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.cpu_kernels import cpu_q4_linear, cpu_q4_linear_available
-from ..kernels.q4_linear import pack_q4
+from ..kernels.q4_linear import pack_q4, pack_q8
 
 GROUP = 32
 
@@ -97,14 +97,38 @@ class Bf16DecodeLinear(nn.Module):
         return F.linear(x.to(torch.bfloat16), self.weight_bf16).to(x.dtype)
 
 
+class Q8DecodeHead(nn.Module):
+    """The LM head: rows up to `max_rows` through the AMX kernel on the checkpoint's own Q8_0
+    codes (`kernels/q4_linear.pack_q8`; bit for bit the bf16 weights' values, half their
+    bytes), others through `head`, which keeps the weight (tied to the embedding)."""
+
+    def __init__(self, head: nn.Module, q8: tuple[torch.Tensor, torch.Tensor],
+                 max_rows: int = Q4_MAX_ROWS):
+        super().__init__()
+        self.head, self.max_rows = head, max_rows
+        self.q8 = pack_q8(*q8)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.head.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.max_rows and x.dtype == torch.bfloat16 and x.dim() == 2 \
+                and x.stride(1) == 1:
+            return cpu_q4_linear(x, self.q8, self.head.out_features)
+        return self.head(x)
+
+
 def enable_int4_decode(model: nn.Module, max_rows: int | None = None,
-                       q4: dict[str, tuple] | None = None) -> None:
+                       q4: dict[str, tuple] | None = None,
+                       head_q8: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """Swap the decoder's projections for the small-batch int4 paths, and a float32 model's LM
     head for a bf16 copy (a bf16 model's head is bf16 already).
 
     q4: the projections' own 4-bit weights by HF name (`loader.gguf_q4_projections`); in a
     bf16 model where `cpu_q4_linear_available()`, rows above max_rows up to Q4_MAX_ROWS run
-    the 4-bit kernel on them.
+    the 4-bit kernel on them. head_q8: the LM head's own Q8_0 codes and scales
+    (`loader.gguf_q8_head`); there, its rows up to Q4_MAX_ROWS run the kernel's 8-bit path.
 
     max_rows (None: by dtype): the int4 kernel's cost grows with the rows, so it wins only while
     reading weights dominates. In a bf16 model on an AVX-512-bf16 CPU decode steps measured
@@ -112,9 +136,10 @@ def enable_int4_decode(model: nn.Module, max_rows: int | None = None,
     float32 model on an AVX2 CPU int4 still won at 8 rows."""
     if max_rows is None:
         max_rows = 4 if model.lm_head.weight.dtype == torch.bfloat16 else 8
-    if q4 is not None and not (model.lm_head.weight.dtype == torch.bfloat16
-                               and cpu_q4_linear_available()):
-        q4 = None
+    if not (model.lm_head.weight.dtype == torch.bfloat16 and cpu_q4_linear_available()):
+        q4 = head_q8 = None
+    if head_q8 is not None and model.lm_head.out_features % 16 == 0:
+        model.lm_head = Q8DecodeHead(model.lm_head, head_q8)
 
     def fused(i: int, *names: str):  # the parts' codes, d, m stacked along rows as fused
         if q4 is None:
