@@ -32,10 +32,14 @@
 /* B row kk of a group: 32 bf16, pair j = column n0 + j */
 static inline __m512bh dequant_brow(const uint8_t *codes, __m512 dlo, __m512 mlo, __m512 dhi,
                                     __m512 mhi) {
-    __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)codes));
-    __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(c, _mm512_set1_epi32(15))),
-                                dlo, mlo);
-    __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(c, 4)), dhi, mhi);
+    /* a code's float is a lookup (vpermps reads an index's low 4 bits): the shuffle port does
+     * what int-to-float conversions would do on the port the FMAs need */
+    const __m512 values = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    __m128i b = _mm_loadu_si128((const __m128i *)codes);
+    __m512i clo = _mm512_cvtepu8_epi32(b);  /* low nibbles in bits 0-3 */
+    __m512i chi = _mm512_cvtepu8_epi32(_mm_srli_epi16(b, 4));  /* high nibbles there */
+    __m512 lo = _mm512_fmadd_ps(_mm512_permutexvar_ps(clo, values), dlo, mlo);
+    __m512 hi = _mm512_fmadd_ps(_mm512_permutexvar_ps(chi, values), dhi, mhi);
     return _mm512_cvtne2ps_pbh(hi, lo);
 }
 
