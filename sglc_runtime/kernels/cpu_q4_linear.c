@@ -71,6 +71,13 @@ static inline void group_scales(const uint8_t *grp, __m512 *dlo, __m512 *mlo, __
  * tdpbf16ps accumulates a 16 x 16 float32 C tile per 16 rows of x ---- */
 #define AMX_ROWS 64 /* rows per pass: four C tiles share each B tile */
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
+/* gcc's _tile_loadd asm does not say it reads memory: without this barrier the compiler may
+ * drop or sink the stores that fill a buffer just before it is loaded as a tile */
+#define TILE_LOADD(t, base, stride)            \
+    do {                                       \
+        __asm__ volatile("" ::: "memory");     \
+        _tile_loadd(t, base, stride);          \
+    } while (0)
 
 struct tile_config {
     uint8_t palette, start_row, reserved[14];
@@ -105,10 +112,10 @@ static AMX_TARGET void amx_release(void) { _tile_release(); }
 /* (tile numbers are instruction immediates: one line per C tile) */
 #define AMX_TILE_STEP(T)                                                                  \
     if (rows[T] == 16) {                                                                  \
-        _tile_loadd(5, x + 16 * (T) * x_stride + 32 * g, x_stride * 2);                    \
+        TILE_LOADD(5, x + 16 * (T) * x_stride + 32 * g, x_stride * 2);                    \
         _tile_dpbf16ps(T, 5, 4);                                                           \
     } else if (rows[T]) {                                                                 \
-        _tile_loadd(6, x + 16 * (T) * x_stride + 32 * g, x_stride * 2);                    \
+        TILE_LOADD(6, x + 16 * (T) * x_stride + 32 * g, x_stride * 2);                    \
         _tile_dpbf16ps(T, 6, 4);                                                           \
     }
 
@@ -138,7 +145,7 @@ static AMX_TARGET void block_amx(const uint16_t *x, int64_t x_stride, const uint
                 _mm512_store_si512((void *)(bg + 32 * kk),
                                    (__m512i)dequant_brow_q8(grp + 32 + 32 * kk, dlo, dhi));
         }
-        _tile_loadd(4, bg, 64);
+        TILE_LOADD(4, bg, 64);
         AMX_TILE_STEP(0)
         AMX_TILE_STEP(1)
         AMX_TILE_STEP(2)
@@ -161,8 +168,8 @@ static AMX_TARGET float amx_ones_product(void) {
     const int rows[4] = {16, 0, 0, 0};
     amx_config(rows);
     _tile_zero(0);
-    _tile_loadd(4, ones, 64);
-    _tile_loadd(5, ones, 64);
+    TILE_LOADD(4, ones, 64);
+    TILE_LOADD(5, ones, 64);
     _tile_dpbf16ps(0, 5, 4);
     _tile_stored(0, c, 64);
     amx_release();
