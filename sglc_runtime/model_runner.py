@@ -73,10 +73,12 @@ def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Token
     if lm_head32 is not None:  # kept out of .to(): it stays float32
         model.lm_head_fp32 = lm_head32.to(cfg.device)
     if cfg.quantization == "int4":
+        from .kernels.cpu_kernels import cpu_q4_linear_available
         from .model.int4 import enable_int4_decode
 
         q4 = q8 = None
-        if not path.is_dir() and cfg.dtype == torch.bfloat16 and not cfg.disable_cpu_kernels:
+        if not path.is_dir() and cfg.dtype == torch.bfloat16 and not cfg.disable_cpu_kernels \
+                and cpu_q4_linear_available():
             from .loader import gguf_q4_projections, gguf_q8_head
 
             q4, q8 = gguf_q4_projections(reader, mcfg), gguf_q8_head(reader)
@@ -117,8 +119,9 @@ class ModelRunner:
                                        cfg.device)
         logger.info("KV pool: %d token slots (%.0f MB)", size, self._bytes_per_token() * size / 1e6)
         # config resolved "auto" on CUDA; on the CPU the faster implementation for the dtype
-        self.attention = create_attention_backend(cfg.attention_backend, cfg.dtype,
-                                                  cpu_kernel=not cfg.disable_cpu_kernels)
+        self.attention = create_attention_backend(
+            cfg.attention_backend, cfg.dtype, cpu_kernel=not cfg.disable_cpu_kernels,
+            heads=(mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim))
         self.cuda_graphs = None
         if cfg.device == "cuda" and not cfg.disable_cuda_graph:
             self.cuda_graphs = CudaGraphRunner(self.model, self.kv_pool, cfg.cuda_graph_max_bs,

@@ -282,12 +282,16 @@ def test_short_extends_only_where_decode_rows_read_the_pool_in_place(monkeypatch
     """A backend that gathers padded keys per row would copy a prefix per new token."""
     from sglc_runtime.attention import create_attention_backend, metadata
 
-    assert TorchAttention("sdpa", cpu_kernel=False).short_extend("cpu") == 1
-    assert create_attention_backend("sdpa", torch.float32).short_extend("cpu") == 1
-    bf16 = create_attention_backend("sdpa", torch.bfloat16)
+    heads = (6, 2, 64)
+    assert TorchAttention("sdpa", cpu_kernel=False, heads=heads).short_extend("cpu") == 1
+    assert create_attention_backend("sdpa", torch.float32, heads=heads).short_extend("cpu") == 1
+    bf16 = create_attention_backend("sdpa", torch.bfloat16, heads=heads)
     from sglc_runtime.kernels.cpu_kernels import cpu_kernels_available
 
     assert bf16.short_extend("cpu") == (metadata.SHORT_EXTEND if cpu_kernels_available() else 1)
+    # a head shape the kernel refuses (head_dim 100) falls back to gathering: no short extends
+    odd = create_attention_backend("sdpa", torch.bfloat16, heads=(32, 32, 100))
+    assert odd.short_extend("cpu") == 1
     # and never past MAX_PADDED_SLOTS padded slots: a long prefix keeps its extend per request
     monkeypatch.setattr(metadata, "MAX_PADDED_SLOTS", 100_000)  # 33 rows x 8032 slots above
     table = torch.arange(1, 4 * 9000 + 1).view(4, 9000)

@@ -180,7 +180,7 @@ def test_cpu_rms_norm_is_the_pytorch_path(rows):
     norm.cpu_kernel = True
     same(norm(x), plain)
     assert torch.equal(norm(x), k.cpu_rms_norm(x, norm.weight.detach(), 1e-5))
-    wide = torch.randn(rows, 1152).bfloat16()[:, :576]  # rows 1152 apart
+    wide = (torch.randn(rows, 1152, generator=g) * 3).bfloat16()[:, :576]  # rows 1152 apart
     norm.cpu_kernel = False
     plain_wide = norm(wide)
     norm.cpu_kernel = True
@@ -208,6 +208,8 @@ def test_cpu_rope_store_is_the_pytorch_path(T, n_q, n_kv, hd):
         assert torch.equal(q, ref[:, :n_q])
         assert torch.equal(kb[slots], ref[:, n_q:])
         assert torch.equal(vb[slots], x[:, n_qk:].reshape(T, n_kv, hd))
+        with pytest.raises(IndexError, match="outside the pool"):
+            k.cpu_rope_store(x, cos, ssin, slots + 200, kb, vb, n_q)
         untouched = torch.ones(200, dtype=torch.bool)
         untouched[slots] = False
         assert not kb[untouched].any() and not vb[untouched].any()

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.cpu_kernels import cpu_decode_attention, cpu_decode_supports, cpu_kernels_available
+from ..kernels.cpu_kernels import (
+    cpu_decode_attention,
+    cpu_decode_shape_ok,
+    cpu_decode_supports,
+    cpu_kernels_available,
+)
 from ..kv_pool import TokenToKVPool
 from . import torch_attention
 from .metadata import SHORT_EXTEND, AttentionMetadata, build_metadata
@@ -94,17 +99,20 @@ class TorchAttention(AttentionBackend):
     """PyTorch attention (`torch_attention.py`): `impl` "sdpa" (torch's fused kernels) or
     "matmul" (`attend`: two matmuls around a float32 softmax; CPU 16-bit only)."""
 
-    def __init__(self, impl: str = "sdpa", cpu_kernel: bool = False):
+    def __init__(self, impl: str = "sdpa", cpu_kernel: bool = False,
+                 heads: tuple[int, int, int] | None = None):
         assert impl in ("sdpa", "matmul"), f"unknown PyTorch attention {impl!r}"
         self.name = self.impl = impl
         self.cpu_kernel = cpu_kernel  # bf16 decode rows through kernels/cpu_kernels.py
+        self.heads = heads  # (n_q, n_kv, head_dim) of the model, where known
 
     def min_cascade_rows(self, device) -> int:
         return CPU_CASCADE_MIN_ROWS[self.impl] if torch.device(device).type == "cpu" else 0
 
     def short_extend(self, device) -> int:
         on_cpu = torch.device(device).type == "cpu"
-        return SHORT_EXTEND if self.cpu_kernel and on_cpu and cpu_kernels_available() else 1
+        kernel = self.cpu_kernel and self.heads is not None and cpu_decode_shape_ok(*self.heads)
+        return SHORT_EXTEND if kernel and on_cpu and cpu_kernels_available() else 1
 
     def forward(self, layer, q, k, v, fb, pool, scale):
         if k is not None:  # (None: the caller stored them, see LlamaAttention)
@@ -141,8 +149,8 @@ class TritonAttention(TorchAttention):
         return decode_attention(q, kbuf, vbuf, md.padded_kv_indices, md.kv_lens, scale)
 
 
-def create_attention_backend(name: str, dtype: torch.dtype,
-                             cpu_kernel: bool = True) -> AttentionBackend:
+def create_attention_backend(name: str, dtype: torch.dtype, cpu_kernel: bool = True,
+                             heads: tuple[int, int, int] | None = None) -> AttentionBackend:
     """The backend `name` names ("auto": the CPU's faster PyTorch implementation in `dtype`,
     timed once per process by `fastest_cpu_attention`); with `cpu_kernel`, bf16 decode rows on
     the CPU go through the C kernel where the machine runs it."""
@@ -150,10 +158,10 @@ def create_attention_backend(name: str, dtype: torch.dtype,
         return TritonAttention()
     if name == "auto":
         name = torch_attention.fastest_cpu_attention(dtype)
-    return TorchAttention(name, cpu_kernel and dtype == torch.bfloat16)
+    return TorchAttention(name, cpu_kernel and dtype == torch.bfloat16, heads)
 
 
-def paged_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb,
+def paged_attention(layer: int, q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None, fb,
                     pool: TokenToKVPool, scale: float) -> torch.Tensor:
     """What an attention layer calls: `fb.attention.forward(...)` (see AttentionBackend)."""
     return fb.attention.forward(layer, q, k, v, fb, pool, scale)

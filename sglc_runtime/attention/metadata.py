@@ -23,8 +23,9 @@ class AttentionMetadata:
 
     `kv_indices[i]` lists the KV slots of extending request i's whole sequence (prefix + new
     tokens; empty for a decode batch). Requests adding one token (all of a decode batch; in a
-    mixed extend batch, the running requests decoding alongside) and those adding a few
-    (<= SHORT_EXTEND: appended text, a tool's reply) attend through one padded call over
+    mixed extend batch, the running requests decoding alongside) and, where the backend's
+    decode rows read the pool in place, those adding a few (<= SHORT_EXTEND: appended text, a
+    tool's reply) attend through one padded call over
     `padded_kv_indices`, a row per new token: the row of token j of a request with prefix p
     sees its first p + j + 1 keys (`kv_lens`), which is causal attention.
 

@@ -1,7 +1,8 @@
 """The CPU kernels in C for bfloat16 on AVX-512-BF16 CPUs: paged decode attention reading the
-KV pool in place (`cpu_decode_attention.c`), RMSNorm (`cpu_rms_norm.c`) and, where AMX runs
-too, linears over 4-bit weights (`cpu_q4_linear.c`, `cpu_q4_linear_available()`). Compiled together
-once per machine with the system C compiler into the sglc cache (explicit AVX-512 flags, never
+KV pool in place (`cpu_decode_attention.c`), RMSNorm (`cpu_rms_norm.c`), RoPE with the K/V
+store (`cpu_rope_store.c`), SwiGLU (`cpu_silu_mul.c`) and, where AMX runs too, linears over
+4-bit and 8-bit weights (`cpu_q4_linear.c`, a library of its own, `cpu_q4_linear_available()`).
+Compiled once per machine with the system C compiler into the sglc cache (explicit AVX-512 flags, never
 -march=native, which can fault on VMs that advertise AMX), loaded with ctypes and called on
 tensors' data pointers. Where the CPU lacks the instructions, or no compiler or no writable
 cache is there, `cpu_kernels_available()` is False and the PyTorch paths run. References:
@@ -76,10 +77,10 @@ def _build(out: Path, sources: tuple[Path, ...]) -> bool:
                 os.replace(so, out)  # atomic: engines building at once each see a whole file
                 return True
     except (OSError, subprocess.SubprocessError) as e:
-        logger.warning("could not build the CPU kernels into %s (%s): they stay on PyTorch",
-                       out.parent, e)
+        logger.warning("could not build the CPU kernels %s into %s (%s): they stay on PyTorch",
+                       out.stem, out.parent, e)
         return False
-    logger.warning("the CPU kernels did not compile (%s): they stay on PyTorch",
+    logger.warning("the CPU kernels %s did not compile (%s): they stay on PyTorch", out.stem,
                    (proc.stderr.strip().splitlines() or ["?"])[-1])
     return False
 
@@ -121,12 +122,16 @@ def cpu_kernels_available() -> bool:
     return _library() is not None
 
 
+def cpu_decode_shape_ok(n_q: int, n_kv: int, hd: int) -> bool:
+    """The decode kernel's head shapes: head_dim a multiple of 32 up to 256, at most 64 query
+    heads in groups over the KV heads."""
+    return hd % 32 == 0 and hd <= 256 and n_q <= 64 and n_q % n_kv == 0
+
+
 def cpu_decode_supports(q: torch.Tensor, k_buf: torch.Tensor) -> bool:
-    """Whether the decode kernel takes this call: bfloat16 CPU tensors, head_dim a multiple of
-    32 up to 256, at most 64 query heads in groups over the KV heads."""
-    n_q, hd = q.shape[1], q.shape[2]
+    """Whether the decode kernel takes this call: bfloat16 CPU tensors of its head shapes."""
     return (q.device.type == "cpu" and q.dtype == k_buf.dtype == torch.bfloat16
-            and hd % 32 == 0 and hd <= 256 and n_q <= 64 and n_q % k_buf.shape[1] == 0
+            and cpu_decode_shape_ok(q.shape[1], k_buf.shape[1], q.shape[2])
             and cpu_kernels_available())
 
 
@@ -232,6 +237,9 @@ def cpu_rope_store(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tenso
     T, (n_kv, hd) = qkv.shape[0], k_buf.shape[1:]
     assert qkv.shape[1] == (n_q + 2 * n_kv) * hd and k_buf.stride() == v_buf.stride()
     assert k_buf.stride()[1:] == (hd, 1), "pool layout"
+    assert cos.dtype == signed_sin.dtype == torch.bfloat16, "bf16 RoPE tables"
+    if T and not (0 <= int(slots.min()) and int(slots.max()) < k_buf.shape[0]):
+        raise IndexError(f"cpu_rope_store: KV slots outside the pool's {k_buf.shape[0]}")
     cos, signed_sin = cos.reshape(T, hd).contiguous(), signed_sin.reshape(T, hd).contiguous()
     slots = slots.to(torch.int64).contiguous()
     q = torch.empty((T, n_q, hd), dtype=torch.bfloat16)
@@ -244,7 +252,8 @@ def cpu_rope_store(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tenso
 
 def cpu_silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up of bf16 rows (T, 2F) (gate then up, last dim contiguous) -> (T, F), as
-    torch's silu and mul compute it (one bf16 step apart at most: expf vs Sleef)."""
+    torch's silu and mul compute it (exp512.h's exp, not torch's Sleef: a value can be one
+    bf16 step apart, and results below bf16's normal range come out 0)."""
     T, F2 = gate_up.shape
     assert gate_up.dtype == torch.bfloat16 and gate_up.stride(1) == 1 and F2 % 2 == 0
     out = torch.empty((T, F2 // 2), dtype=torch.bfloat16)

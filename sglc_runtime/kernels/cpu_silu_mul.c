@@ -1,6 +1,6 @@
 /* SwiGLU's silu(gate) * up for bfloat16 rows of a fused gate/up projection, as torch computes
  * it: s = bf16(g / (1 + exp(-g))) in float32, out = bf16(s * up). (Another exp than torch's
- * Sleef: a value can differ by one bf16 step.) Built by cpu_kernels.py with the other CPU
+ * Sleef: a value can differ by one bf16 step; results below bf16's normal range flush to 0.) Built by cpu_kernels.py with the other CPU
  * kernels. gu: (T, 2 F) with row stride gu_stride (gate then up); out: (T, F). */
 #include <immintrin.h>
 #include <stdint.h>

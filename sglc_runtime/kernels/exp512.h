@@ -1,5 +1,5 @@
 /* exp(x) of 16 float32 lanes for x <= 0, for the CPU kernels (AVX-512F): range reduction to
- * 2^n * exp(f), |f| <= ln(2) / 2, a degree-7 polynomial (relative error ~2e-7); lanes at or
+ * 2^n * exp(f), |f| <= ln(2) / 2, a degree-6 polynomial (relative error ~2e-7); lanes at or
  * below -87 give 0. */
 #ifndef SGLC_EXP512_H
 #define SGLC_EXP512_H

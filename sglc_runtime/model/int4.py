@@ -99,8 +99,9 @@ class Bf16DecodeLinear(nn.Module):
 
 class Q8DecodeHead(nn.Module):
     """The LM head: rows up to `max_rows` through the AMX kernel on the checkpoint's own Q8_0
-    codes (`kernels/q4_linear.pack_q8`; bit for bit the bf16 weights' values, half their
-    bytes), others through `head`, which keeps the weight (tied to the embedding)."""
+    codes (`kernels/q4_linear.pack_q8`; bit for bit the bf16 weights' values, half the bytes
+    read per step; held beside the bf16 weight), others through `head`, which keeps the
+    weight (tied to the embedding)."""
 
     def __init__(self, head: nn.Module, q8: tuple[torch.Tensor, torch.Tensor],
                  max_rows: int = Q4_MAX_ROWS):
@@ -136,7 +137,8 @@ def enable_int4_decode(model: nn.Module, max_rows: int | None = None,
     float32 model on an AVX2 CPU int4 still won at 8 rows."""
     if max_rows is None:
         max_rows = 4 if model.lm_head.weight.dtype == torch.bfloat16 else 8
-    if not (model.lm_head.weight.dtype == torch.bfloat16 and cpu_q4_linear_available()):
+    if (q4 is not None or head_q8 is not None) and not (
+            model.lm_head.weight.dtype == torch.bfloat16 and cpu_q4_linear_available()):
         q4 = head_q8 = None
     if head_q8 is not None and model.lm_head.out_features % 16 == 0:
         model.lm_head = Q8DecodeHead(model.lm_head, head_q8)

@@ -106,7 +106,8 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x):
         gu = self.gate_up_proj(x)  # (T, 2F)
-        if self.cpu_kernel and gu.dtype == torch.bfloat16 and gu.dim() == 2 \
+        if self.cpu_kernel and gu.device.type == "cpu" and gu.dtype == torch.bfloat16 \
+                and gu.dim() == 2 \
                 and gu.stride(1) == 1 and cpu_kernels_available():
             return self.down_proj(cpu_silu_mul(gu))  # the lines below in one C call
         gate, up = gu.split(self.inter, dim=-1)  # (T, F) each
