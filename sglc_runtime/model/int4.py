@@ -97,6 +97,10 @@ class Bf16DecodeLinear(nn.Module):
         return F.linear(x.to(torch.bfloat16), self.weight_bf16).to(x.dtype)
 
 
+#: the 8-bit LM head's rows: at 64 rows oneDNN's bf16 head was faster (cpu_quant_linear.json)
+Q8_HEAD_MAX_ROWS = 32
+
+
 class Q8DecodeHead(nn.Module):
     """The LM head: rows up to `max_rows` through the AMX kernel on the checkpoint's own Q8_0
     codes (`kernels/q4_linear.pack_q8`; bit for bit the bf16 weights' values, half the bytes
@@ -104,7 +108,7 @@ class Q8DecodeHead(nn.Module):
     weight (tied to the embedding)."""
 
     def __init__(self, head: nn.Module, q8: tuple[torch.Tensor, torch.Tensor],
-                 max_rows: int = Q4_MAX_ROWS):
+                 max_rows: int = Q8_HEAD_MAX_ROWS):
         super().__init__()
         self.head, self.max_rows = head, max_rows
         self.q8 = pack_q8(*q8)
@@ -129,7 +133,7 @@ def enable_int4_decode(model: nn.Module, max_rows: int | None = None,
     q4: the projections' own 4-bit weights by HF name (`loader.gguf_q4_projections`); in a
     bf16 model where `cpu_q4_linear_available()`, rows above max_rows up to Q4_MAX_ROWS run
     the 4-bit kernel on them. head_q8: the LM head's own Q8_0 codes and scales
-    (`loader.gguf_q8_head`); there, its rows up to Q4_MAX_ROWS run the kernel's 8-bit path.
+    (`loader.gguf_q8_head`); there, its rows up to Q8_HEAD_MAX_ROWS run the kernel's 8-bit path.
 
     max_rows (None: by dtype): the int4 kernel's cost grows with the rows, so it wins only while
     reading weights dominates. In a bf16 model on an AVX-512-bf16 CPU decode steps measured
