@@ -263,7 +263,7 @@ def test_short_extends_attend_as_padded_rows(dtype, impl, kernel, monkeypatch):
     k, v = (torch.randn(T, n_kv, hd, generator=g).to(dtype) for _ in range(2))
     outs = {}
     for short in (metadata.SHORT_EXTEND, 1):
-        monkeypatch.setattr(TorchAttention, "short_extend", lambda self, device: short)
+        monkeypatch.setattr(TorchAttention, "short_extend", lambda self, device, s=short: s)
         fb = build_forward_batch(table.clone(), False, reqs, extend_lens, out_loc, "cpu",
                                  cascade=False, attention=TorchAttention(impl, kernel))
         if short > 1:

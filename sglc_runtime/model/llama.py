@@ -11,11 +11,11 @@ from ..attention import paged_attention
 from ..config import ModelConfig
 from ..forward_batch import ForwardBatch
 from ..kernels.cpu_kernels import (
+    cpu_kernels_available,
     cpu_rms_norm,
     cpu_rms_norm_supports,
     cpu_rope_store,
     cpu_rope_store_supports,
-    cpu_kernels_available,
     cpu_silu_mul,
 )
 from ..kv_pool import TokenToKVPool
