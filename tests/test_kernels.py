@@ -187,6 +187,27 @@ def test_cpu_rms_norm_is_the_pytorch_path(rows):
     same(norm(wide), plain_wide)
 
 
+@pytest.mark.parametrize("rows", [1, 16, 100])
+def test_cpu_add_rms_norm_is_the_pytorch_path(rows):
+    """The decoder's residual add fused into the norm: the sum bit for bit torch's bf16 add,
+    the norm as the PyTorch path's (one bf16 step at most)."""
+    from sglc_runtime.model.llama import LlamaRMSNorm
+
+    k = _cpu_kernel()
+    g = torch.Generator().manual_seed(rows + 1)
+    norm = LlamaRMSNorm(576, 1e-5).bfloat16()
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(576, generator=g))
+    x, res = ((torch.randn(rows, 576, generator=g) * 3).bfloat16() for _ in range(2))
+    plain, plain_sum = norm(x, res)  # cpu_kernel off: x + res, then the norm
+    assert torch.equal(plain_sum, x + res)
+    norm.cpu_kernel = True
+    fused, fused_sum = norm(x, res)
+    assert torch.equal(fused_sum, plain_sum)
+    torch.testing.assert_close(fused.float(), plain.float(), rtol=8e-3, atol=1e-6)
+    assert torch.equal(fused, k.cpu_rms_norm(fused_sum, norm.weight.detach(), 1e-5))
+
+
 @pytest.mark.parametrize("T,n_q,n_kv,hd", [(1, 9, 3, 64), (16, 9, 3, 64), (70, 4, 2, 32)])
 def test_cpu_rope_store_is_the_pytorch_path(T, n_q, n_kv, hd):
     """Bit for bit LlamaRotaryEmbedding.apply then TokenToKVPool.set_kv."""

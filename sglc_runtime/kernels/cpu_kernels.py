@@ -40,7 +40,7 @@ _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES = {
     "bf16_decode_attention": ([_P, _P, _P, _P, _I64, _P, _P, _I, _I, _I, _I, _I64,
                                ctypes.c_float, _I], ctypes.c_int),
-    "bf16_rms_norm": ([_P, _I64, _P, _P, _I64, _I64, _I, ctypes.c_float, _I], None),
+    "bf16_rms_norm": ([_P, _I64, _P, _P, _I64, _I64, _I, ctypes.c_float, _P, _P, _I], None),
     "bf16_rope_store": ([_P, _I64, _I64, _I, _I, _I, _P, _P, _P, _P, _P, _I64, _P, _I], None),
     "bf16_silu_mul": ([_P, _I64, _I64, _I64, _P, _I], None),
 }
@@ -164,15 +164,23 @@ def cpu_rms_norm_supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and weight.shape == (x.shape[1],) and cpu_kernels_available())
 
 
-def cpu_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def cpu_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 residual: torch.Tensor | None = None):
     """HF's RMSNorm of rows x (T, D) bfloat16 (the same float32 steps; the sum of squares in
     another order, so a value can differ by one bfloat16 step); check
-    `cpu_rms_norm_supports`."""
+    `cpu_rms_norm_supports`. With `residual` (T, D) bf16: (norm(x + residual), x + residual),
+    the sum rounded to bf16 as torch's add rounds it."""
     out = torch.empty(x.shape, dtype=x.dtype)
+    res = summed = None
+    if residual is not None:
+        assert residual.shape == x.shape and residual.dtype == torch.bfloat16
+        res, summed = residual.contiguous(), torch.empty(x.shape, dtype=x.dtype)
     _library().bf16_rms_norm(x.data_ptr(), x.stride(0), weight.data_ptr(), out.data_ptr(),
                              out.stride(0), x.shape[0], x.shape[1], eps,
+                             None if res is None else res.data_ptr(),
+                             None if summed is None else summed.data_ptr(),
                              torch.get_num_threads())
-    return out
+    return out if residual is None else (out, summed)
 
 
 @functools.cache

@@ -2,7 +2,9 @@
  * y = bf16(x * rsqrt(mean(x^2) + eps)), then out = bf16(y * w) (a bf16 product, as torch
  * multiplies two bf16 tensors). Built with cpu_decode_attention.c into one library by
  * cpu_kernels.py.
- * x, out: (rows, dim) with row strides x_stride / out_stride; w: (dim,). */
+ * x, out: (rows, dim) with row strides x_stride / out_stride; w: (dim,).
+ * With res (rows, dim, contiguous; else NULL), the rows normalized are s = bf16(x + res),
+ * written to sum (rows, dim, contiguous): the decoder's residual add in the same call. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -10,11 +12,19 @@
 #include "bf16.h"
 
 void bf16_rms_norm(const uint16_t *x, int64_t x_stride, const uint16_t *w, uint16_t *out,
-                   int64_t out_stride, int64_t rows, int dim, float eps, int num_threads) {
+                   int64_t out_stride, int64_t rows, int dim, float eps, const uint16_t *res,
+                   uint16_t *sum, int num_threads) {
 #pragma omp parallel for num_threads(num_threads) if (rows >= 64)
     for (int64_t r = 0; r < rows; r++) {
         const uint16_t *xr = x + r * x_stride;
         uint16_t *o = out + r * out_stride;
+        if (res) { /* s = bf16(x + res), as torch adds two bf16 tensors */
+            const uint16_t *rr = res + r * dim;
+            uint16_t *sr = sum + r * dim;
+#pragma omp simd
+            for (int d = 0; d < dim; d++) sr[d] = f32_to_bf16(bf16_to_f32(xr[d]) + bf16_to_f32(rr[d]));
+            xr = sr;
+        }
         float ss = 0.0f;
 #pragma omp simd reduction(+ : ss)
         for (int d = 0; d < dim; d++) ss += bf16_to_f32(xr[d]) * bf16_to_f32(xr[d]);

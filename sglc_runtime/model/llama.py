@@ -28,7 +28,15 @@ class LlamaRMSNorm(nn.Module):
         self.eps = eps
         self.cpu_kernel = False  # set by the loader unless --disable-cpu-kernels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """norm(x); with `residual`, the decoder's residual add first: (norm(x + residual),
+        x + residual)."""
+        if residual is not None:
+            if self.cpu_kernel and cpu_rms_norm_supports(x, self.weight) \
+                    and residual.dtype == x.dtype and residual.device.type == "cpu":
+                return cpu_rms_norm(x, self.weight, self.eps, residual)  # the lines below, in C
+            x = x + residual
+            return self(x), x
         if x.is_cuda:
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         if self.cpu_kernel and cpu_rms_norm_supports(x, self.weight):
@@ -122,9 +130,16 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, rope_tables, fb, pool):
-        x = x + self.self_attn(self.input_layernorm(x), rope_tables, fb, pool)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, rope_tables, fb, pool):
+        """x: this layer's input, or the last layer's output when `residual` holds the stream
+        it adds to (None for the first layer). Returns (output, residual stream)."""
+        if residual is None:
+            h, residual = self.input_layernorm(x), x
+        else:
+            h, residual = self.input_layernorm(x, residual)
+        h, residual = self.post_attention_layernorm(
+            self.self_attn(h, rope_tables, fb, pool), residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
@@ -137,11 +152,11 @@ class LlamaModel(nn.Module):
                                                cfg.rope_theta)
 
     def forward(self, fb: ForwardBatch, pool: TokenToKVPool) -> torch.Tensor:
-        x = self.embed_tokens(fb.input_ids)  # (T, D)
+        x, residual = self.embed_tokens(fb.input_ids), None  # (T, D)
         rope_tables = self.rotary_emb.tables(fb.positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, rope_tables, fb, pool)
-        return self.norm(x)
+            x, residual = layer(x, residual, rope_tables, fb, pool)
+        return self.norm(x) if residual is None else self.norm(x, residual)[0]
 
 
 #: logits per row recomputed in float32 when the model runs in 16 bits (see refine_top_logits)
