@@ -6,16 +6,14 @@ interleaved, median of the runs. Run: python benchmarks/bench_cpu_ops.py [--reps
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, bar_plot, save
+from common import RESULTS, bar_plot, median_ms, save
 
 from sglc_runtime.attention import attend
 from sglc_runtime.model.packed_linear import PackedLinear
@@ -24,19 +22,6 @@ from sglc_runtime.model.packed_linear import PackedLinear
 LINEARS = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536),
            "lm_head": (49152, 576)}
 N_Q, N_KV, HD = 9, 3, 64
-
-
-def median_ms(fns: dict, reps: int) -> dict:
-    """Run the functions in turns `reps` times; median milliseconds of each."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def bench_linears(reps: int) -> dict:

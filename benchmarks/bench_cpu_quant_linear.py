@@ -8,16 +8,14 @@ Run: python benchmarks/bench_cpu_quant_linear.py [--reps 7]"""
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, save
+from common import RESULTS, median_ms, save
 
 from sglc_runtime.kernels.cpu_kernels import (
     cpu_decode_attention,
@@ -32,18 +30,6 @@ from sglc_runtime.model.packed_linear import PackedLinear
 PROJ = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # qkv, o, gate_up, down (out, in)
 LAYERS, VOCAB = 30, 49152
 ROWS = [1, 2, 4, 8, 16, 32, 48, 64, 96]
-
-
-def median_ms(fns: dict, reps: int) -> dict:
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def bench_decoder(reps: int) -> dict:
