@@ -132,13 +132,14 @@ def test_no_cascade_when_prefixes_differ_or_are_short(any_cascade):
     assert fb.attn.shared_len == 0  # a single request has nothing to share
 
 
-def _batch_on_pool(dtype, extend_lens, prefix_lens, seed):
-    """A pool in `dtype` holding random K/V for requests with these cached prefix lengths, and
-    the batch adding `extend_lens` tokens to each (no shared prefix)."""
+def _requests_on_pool(dtype, extend_lens, prefix_lens, seed, heads=(N_Q, N_KV, HD)):
+    """A pool in `dtype` holding random K/V for requests with these cached prefix lengths, the
+    KV table and requests, the new tokens' slots, and their q, k, v (heads: n_q, n_kv, hd)."""
+    n_q, n_kv, hd = heads
     g = torch.Generator().manual_seed(seed)
-    pool = TokenToKVPool(600, 1, N_KV, HD, dtype, "cpu")
-    pool.k_buffer[0][1:] = torch.randn(600, N_KV, HD, generator=g).to(dtype)
-    pool.v_buffer[0][1:] = torch.randn(600, N_KV, HD, generator=g).to(dtype)
+    pool = TokenToKVPool(600, 1, n_kv, hd, dtype, "cpu")
+    pool.k_buffer[0][1:] = torch.randn(600, n_kv, hd, generator=g).to(dtype)
+    pool.v_buffer[0][1:] = torch.randn(600, n_kv, hd, generator=g).to(dtype)
     free = torch.randperm(600, generator=g).add(1).tolist()
     table = torch.zeros(8, 300, dtype=torch.int64)
     reqs = []
@@ -148,11 +149,19 @@ def _batch_on_pool(dtype, extend_lens, prefix_lens, seed):
         reqs.append(SimpleNamespace(row=row, kv_len=p, fill_ids=list(range(p + 50))))
     T = sum(extend_lens)
     out_loc = torch.tensor(free[:T])
-    q = torch.randn(T, N_Q, HD, generator=g)
-    k, v = torch.randn(T, N_KV, HD, generator=g), torch.randn(T, N_KV, HD, generator=g)
+    q = torch.randn(T, n_q, hd, generator=g)
+    k, v = torch.randn(T, n_kv, hd, generator=g), torch.randn(T, n_kv, hd, generator=g)
+    return pool, table, reqs, out_loc, q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def _batch_on_pool(dtype, extend_lens, prefix_lens, seed):
+    """`_requests_on_pool`'s pool and the batch adding `extend_lens` tokens to each request
+    (no shared prefix)."""
+    pool, table, reqs, out_loc, q, k, v = _requests_on_pool(dtype, extend_lens, prefix_lens,
+                                                            seed)
     fb = build_forward_batch(table, all(n == 1 for n in extend_lens), reqs, extend_lens,
                              out_loc, "cpu", cascade=False)
-    return pool, fb, q.to(dtype), k.to(dtype), v.to(dtype)
+    return pool, fb, q, k, v
 
 
 @pytest.mark.parametrize("extend_lens, prefix_lens", [
@@ -244,23 +253,9 @@ def test_short_extends_attend_as_padded_rows(dtype, impl, kernel, monkeypatch):
     sees prefix + j + 1 keys): the same as causal attention per request."""
     from sglc_runtime.attention import metadata
 
-    n_q, n_kv, hd = 6, 2, 64
-    g = torch.Generator().manual_seed(7)
-    pool = TokenToKVPool(700, 1, n_kv, hd, dtype, "cpu")
-    pool.k_buffer[0][1:] = torch.randn(700, n_kv, hd, generator=g).to(dtype)
-    pool.v_buffer[0][1:] = torch.randn(700, n_kv, hd, generator=g).to(dtype)
-    free = torch.randperm(700, generator=g).add(1).tolist()
-    extend_lens, prefix_lens = [3, 1, 20, 40], [10, 50, 0, 7]
-    table = torch.zeros(4, 200, dtype=torch.int64)
-    reqs = []
-    for row, p in enumerate(prefix_lens):
-        slots, free = free[:p], free[p:]
-        table[row, :p] = torch.tensor(slots, dtype=torch.int64)
-        reqs.append(SimpleNamespace(row=row, kv_len=p, fill_ids=list(range(p + 50))))
-    T = sum(extend_lens)
-    out_loc = torch.tensor(free[:T])
-    q = torch.randn(T, n_q, hd, generator=g).to(dtype)
-    k, v = (torch.randn(T, n_kv, hd, generator=g).to(dtype) for _ in range(2))
+    hd, extend_lens, prefix_lens = 64, [3, 1, 20, 40], [10, 50, 0, 7]
+    pool, table, reqs, out_loc, q, k, v = _requests_on_pool(dtype, extend_lens, prefix_lens,
+                                                            seed=7, heads=(6, 2, hd))
     outs = {}
     for short in (metadata.SHORT_EXTEND, 1):
         monkeypatch.setattr(TorchAttention, "short_extend", lambda self, device, s=short: s)
