@@ -41,7 +41,8 @@ _SIGNATURES = {
     "bf16_decode_attention": ([_P, _P, _P, _P, _I64, _P, _P, _I, _I, _I, _I, _I64,
                                ctypes.c_float, _I], ctypes.c_int),
     "bf16_rms_norm": ([_P, _I64, _P, _P, _I64, _I64, _I, ctypes.c_float, _P, _P, _I], None),
-    "bf16_rope_store": ([_P, _I64, _I64, _I, _I, _I, _P, _P, _P, _P, _P, _I64, _P, _I], None),
+    "bf16_rope_store": ([_P, _I64, _I64, _I, _I, _I, _P, _P, _P, _P, _P, _I64, _I64, _P, _I],
+                        ctypes.c_int),
     "bf16_silu_mul": ([_P, _I64, _I64, _I64, _P, _I], None),
 }
 _Q4_SIGNATURES = {
@@ -246,15 +247,15 @@ def cpu_rope_store(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tenso
     assert qkv.shape[1] == (n_q + 2 * n_kv) * hd and k_buf.stride() == v_buf.stride()
     assert k_buf.stride()[1:] == (hd, 1), "pool layout"
     assert cos.dtype == signed_sin.dtype == torch.bfloat16, "bf16 RoPE tables"
-    if T and not (0 <= int(slots.min()) and int(slots.max()) < k_buf.shape[0]):
-        raise IndexError(f"cpu_rope_store: KV slots outside the pool's {k_buf.shape[0]}")
     cos, signed_sin = cos.reshape(T, hd).contiguous(), signed_sin.reshape(T, hd).contiguous()
     slots = slots.to(torch.int64).contiguous()
     q = torch.empty((T, n_q, hd), dtype=torch.bfloat16)
-    _library().bf16_rope_store(qkv.data_ptr(), qkv.stride(0), T, n_q, n_kv, hd, cos.data_ptr(),
-                               signed_sin.data_ptr(), q.data_ptr(), k_buf.data_ptr(),
-                               v_buf.data_ptr(), k_buf.stride(0), slots.data_ptr(),
-                               torch.get_num_threads())
+    rc = _library().bf16_rope_store(qkv.data_ptr(), qkv.stride(0), T, n_q, n_kv, hd,
+                                    cos.data_ptr(), signed_sin.data_ptr(), q.data_ptr(),
+                                    k_buf.data_ptr(), v_buf.data_ptr(), k_buf.stride(0),
+                                    k_buf.shape[0], slots.data_ptr(), torch.get_num_threads())
+    if rc:
+        raise IndexError(f"cpu_rope_store: KV slots outside the pool's {k_buf.shape[0]}")
     return q
 
 

@@ -6,8 +6,9 @@
  * Built by cpu_kernels.py with the other CPU kernels.
  *
  * qkv: (T, (n_q + 2 n_kv) hd), row stride qkv_stride; cos, ssin: (T, hd); q_out: (T, n_q, hd);
- * k, v: pool rows of slot_stride elements ((n_kv, hd) each); slots: (T,) the new tokens' slots.
- * hd must be even. */
+ * k, v: pool rows of slot_stride elements ((n_kv, hd) each), n_slots of them; slots: (T,) the
+ * new tokens' slots. hd must be even. Returns -1 (writing nothing) when a slot is outside
+ * 0 .. n_slots - 1, else 0. */
 #include <stdint.h>
 
 #include "bf16.h"
@@ -22,10 +23,12 @@ static inline void rotate(const uint16_t *x, const uint16_t *cos, const uint16_t
     }
 }
 
-void bf16_rope_store(const uint16_t *qkv, int64_t qkv_stride, int64_t T, int n_q, int n_kv,
-                     int hd, const uint16_t *cos, const uint16_t *ssin, uint16_t *q_out,
-                     uint16_t *k, uint16_t *v, int64_t slot_stride, const int64_t *slots,
-                     int num_threads) {
+int bf16_rope_store(const uint16_t *qkv, int64_t qkv_stride, int64_t T, int n_q, int n_kv,
+                    int hd, const uint16_t *cos, const uint16_t *ssin, uint16_t *q_out,
+                    uint16_t *k, uint16_t *v, int64_t slot_stride, int64_t n_slots,
+                    const int64_t *slots, int num_threads) {
+    for (int64_t t = 0; t < T; t++)
+        if (slots[t] < 0 || slots[t] >= n_slots) return -1;
 #pragma omp parallel for num_threads(num_threads) if (T >= 64)
     for (int64_t t = 0; t < T; t++) {
         const uint16_t *row = qkv + t * qkv_stride, *c = cos + t * hd, *s = ssin + t * hd;
@@ -38,4 +41,5 @@ void bf16_rope_store(const uint16_t *qkv, int64_t qkv_stride, int64_t T, int n_q
             for (int d = 0; d < hd; d++) vd[d] = vs[d];
         }
     }
+    return 0;
 }
