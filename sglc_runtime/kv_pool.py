@@ -3,7 +3,33 @@ and the `req_to_token` table that maps each request's positions to its slots."""
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+
 import torch
+
+MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
+
+
+def advise_huge_pages(buf: torch.Tensor) -> bool:
+    """Asks Linux to back a large CPU tensor's (untouched) memory with 2 MB pages. The pool's
+    slots are first written one token at a time all over its buffers: with 4 KB pages each
+    write into a fresh page faults (a few microseconds on a VM; with 2 MB pages 512x fewer).
+    Transparent huge pages in "madvise" mode (a common default) need exactly this call; in
+    "always" mode it changes nothing, in "never" mode or elsewhere it fails harmlessly."""
+    if buf.device.type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return False
+    page = mmap.PAGESIZE
+    start = -(-buf.data_ptr() // page) * page  # whole pages inside the tensor
+    end = (buf.data_ptr() + buf.numel() * buf.element_size()) // page * page
+    if end - start < 2 * 1024 * 1024:
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start),
+                            MADV_HUGEPAGE) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 class TokenToKVPool:
@@ -20,6 +46,7 @@ class TokenToKVPool:
         self.k_buffer = [torch.empty(size + 1, num_kv_heads, head_dim, dtype=dtype, device=device)
                          for _ in range(num_layers)]
         self.v_buffer = [torch.empty_like(k) for k in self.k_buffer]
+        self.huge_page_buffers = sum(advise_huge_pages(b) for b in self.k_buffer + self.v_buffer)
         for buf in self.k_buffer + self.v_buffer:
             buf[0].zero_()
         self.device = device

@@ -172,3 +172,19 @@ def test_a_failing_constraint_fails_only_its_request_and_masks_fit_the_logits():
     assert ok.output_ids == expected([5, 6, 7], 3) and ok.error is None
     assert broken.finish_reason["type"] == "abort" and "parser limit" in str(broken.error)
     assert narrow.error is None and narrow.output_ids == [7, 7, 7]
+
+
+def test_kv_pool_buffers_ask_for_huge_pages():
+    """Where Linux has transparent huge pages in "madvise" or "always" mode, the pool's large
+    CPU buffers are advised (their scattered first writes would each fault a 4 KB page)."""
+    from pathlib import Path
+
+    from sglc_runtime.kv_pool import advise_huge_pages
+
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    thp = mode.exists() and "[never]" not in mode.read_text()
+    pool = TokenToKVPool(20000, 2, 3, 64, torch.bfloat16, "cpu")  # 7.7 MB per buffer
+    assert pool.huge_page_buffers == (4 if thp else 0)
+    assert not advise_huge_pages(torch.empty(1000))  # under one 2 MB page: nothing to ask
+    small = TokenToKVPool(100, 2, 3, 64, torch.bfloat16, "cpu")
+    assert small.huge_page_buffers == 0

@@ -99,10 +99,14 @@ static void one_kv_head(const uint16_t *q, const uint16_t *k, const uint16_t *v,
             const uint16_t *kr[4];
             for (int x = 0; x < 4; x++) /* (past the end: the last key again, not used) */
                 kr[x] = k + slots[t0 + (t + x < nb ? t + x : nb - 1)] * kv_row + off;
-            for (int x = 0; x < 4 && t0 + t + 16 + x < len; x++) /* keys 4 steps ahead */
+            for (int x = 0; x < 4 && t0 + t + 32 + x < len; x++) /* keys 8 steps ahead */
                 for (int c = 0; c < hd; c += 32)
-                    _mm_prefetch((const char *)(k + slots[t0 + t + 16 + x] * kv_row + off + c),
+                    _mm_prefetch((const char *)(k + slots[t0 + t + 32 + x] * kv_row + off + c),
                                  _MM_HINT_T0);
+            for (int x = 0; x < 4 && t + x < nb; x++) /* these keys' values, summed below */
+                for (int c = 0; c < hd; c += 32)
+                    _mm_prefetch((const char *)(v + slots[t0 + t + x] * kv_row + off + c),
+                                 _MM_HINT_T1);
             for (int jj = 0; jj < g; jj++) {
                 __m512 d[4];
                 for (int x = 0; x < 4; x++) {

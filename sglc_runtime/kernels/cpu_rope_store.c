@@ -9,6 +9,7 @@
  * k, v: pool rows of slot_stride elements ((n_kv, hd) each), n_slots of them; slots: (T,) the
  * new tokens' slots. hd must be even. Returns -1 (writing nothing) when a slot is outside
  * 0 .. n_slots - 1, else 0. */
+#include <immintrin.h>
 #include <stdint.h>
 
 #include "bf16.h"
@@ -16,6 +17,16 @@
 static inline void rotate(const uint16_t *x, const uint16_t *cos, const uint16_t *ssin,
                           uint16_t *out, int hd) {
     int half = hd / 2;
+    if (half % 16 == 0) { /* 16 lanes of each half at a time */
+        for (int d = 0; d < half; d += 16) {
+            __m512 lo = bf16x16_load(x + d), hi = bf16x16_load(x + half + d);
+            bf16x16_store(out + d, _mm512_fmadd_ps(hi, bf16x16_load(ssin + d), bf16x16_round(
+                _mm512_mul_ps(lo, bf16x16_load(cos + d)))));
+            bf16x16_store(out + half + d, _mm512_fmadd_ps(lo, bf16x16_load(ssin + half + d),
+                bf16x16_round(_mm512_mul_ps(hi, bf16x16_load(cos + half + d)))));
+        }
+        return;
+    }
     for (int d = 0; d < hd; d++) {
         float a = bf16_to_f32(f32_to_bf16(bf16_to_f32(x[d]) * bf16_to_f32(cos[d])));
         float r = bf16_to_f32(x[d < half ? d + half : d - half]) * bf16_to_f32(ssin[d]);
