@@ -50,6 +50,7 @@ class TokenToKVPool:
         for buf in self.k_buffer + self.v_buffer:
             buf[0].zero_()
         self.device = device
+        self._kv_pointers: torch.Tensor | None = None
         self._free = torch.arange(1, size + 1, dtype=torch.int64)
         self._num_free = size
 
@@ -74,6 +75,15 @@ class TokenToKVPool:
         assert self._num_free + n <= self.size, "KV pool double free"
         self._free[self._num_free:self._num_free + n] = idx.to(torch.int64).cpu()
         self._num_free += n
+
+    def kv_pointers(self) -> torch.Tensor:
+        """(layers, 2) int64: each layer's K and V buffer addresses (for C kernels that walk
+        all layers; the buffers never move)."""
+        if self._kv_pointers is None:
+            self._kv_pointers = torch.tensor(
+                [[k.data_ptr(), v.data_ptr()] for k, v in zip(self.k_buffer, self.v_buffer)],
+                dtype=torch.int64)
+        return self._kv_pointers
 
     def set_kv(self, layer: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k_buffer[layer][loc] = k

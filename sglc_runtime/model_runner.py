@@ -94,6 +94,9 @@ def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Token
         for m in model.modules():
             if isinstance(m, (LlamaRMSNorm, LlamaAttention, LlamaMLP)):
                 m.cpu_kernel = True  # bf16 rows through kernels/cpu_kernels.py where it runs
+        from .model.fused_decoder import FusedDecoder
+
+        model.model.fused = FusedDecoder.build(model.model)  # small steps: one C call
     logger.info("loaded %s (%s, %d layers) in %.1fs as %s on %s", mcfg.name, path.name,
                 mcfg.num_hidden_layers, time.perf_counter() - t0, cfg.dtype, cfg.device)
     return mcfg, model, tok

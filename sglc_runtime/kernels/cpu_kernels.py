@@ -30,9 +30,10 @@ logger = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
 _SOURCES = tuple(_HERE / f for f in ("cpu_decode_attention.c", "cpu_rms_norm.c",
                                       "cpu_rope_store.c", "cpu_silu_mul.c"))
-# a library of its own: a compiler without AMX intrinsics (GCC < 11) loses only this one
-_Q4_SOURCES = (_HERE / "cpu_q4_linear.c",)
-_HEADERS = (_HERE / "bf16.h", _HERE / "exp512.h")  # (in the cache key too)
+# a library of its own: a compiler without AMX intrinsics (GCC < 11) loses only this one;
+# it holds the other kernels too, for the decoder driver (cpu_decoder.c) that runs them all
+_Q4_SOURCES = (_HERE / "cpu_q4_linear.c", _HERE / "cpu_decoder.c", *_SOURCES)
+_HEADERS = (_HERE / "bf16.h", _HERE / "exp512.h", _HERE / "cpu_kernels.h")  # (cache key too)
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma",
           "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
 _NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "fma"}
@@ -49,6 +50,10 @@ _Q4_SIGNATURES = {
     "bf16_q4_linear": ([_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I, _I], ctypes.c_int),
     "q4_amx_init": ([], ctypes.c_int),
     "q4_amx_selftest": ([], ctypes.c_int),
+    "decoder_scratch_elems": ([_I64, _I, _I, _I, _I, _I], _I64),
+    "bf16_decoder_forward": ([_P, _I64, _I, _I, _I, _I, _I, _I, _P, _P, _P, _I64, _I64, _P, _P,
+                              _P, _P, _I64, _P, _P, ctypes.c_float, ctypes.c_float, _P, _P, _I],
+                             ctypes.c_int),
 }
 
 
@@ -226,6 +231,52 @@ def cpu_q4_linear(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor
                                       y.stride(0), rows, n, k, bits, torch.get_num_threads())
     assert rc == 0, "cpu_q4_linear: unsupported shapes"
     return y
+
+
+def cpu_decoder_available() -> bool:
+    """Whether `cpu_decoder_forward` runs here (where the 4-bit linear does)."""
+    return cpu_kernels_available() and cpu_q4_linear_available()
+
+
+def cpu_decoder_forward(x: torch.Tensor, weights: torch.Tensor, bits: torch.Tensor,
+                        kv: torch.Tensor, k_buf: torch.Tensor, cos: torch.Tensor,
+                        signed_sin: torch.Tensor, slots: torch.Tensor,
+                        kv_indices: torch.Tensor, kv_lens: torch.Tensor,
+                        final_norm: torch.Tensor, n_q: int, inter: int, eps: float,
+                        scale: float) -> torch.Tensor:
+    """A Llama decoder's layers over embeddings x (T, D) bf16 in one call (cpu_decoder.c):
+    weights (layers, 6) int64 addresses of each layer's packed qkv, o, gate_up, down and its
+    two norm weights, bits (layers, 4) int32 the packings' code widths, kv (layers, 2) the pool
+    buffers' addresses (k_buf: one of them, for the shapes), cos / signed_sin (T, hd) bf16,
+    slots (T,) the new tokens' KV slots, kv_indices / kv_lens every row's padded attention.
+    Returns the final norm (T, D) bf16. The caller (model/fused_decoder.py) vouches for the
+    addresses; shapes are checked here and in C."""
+    T, D = x.shape
+    n_layers, (n_slots, n_kv, hd) = weights.shape[0], k_buf.shape
+    assert x.dtype == cos.dtype == signed_sin.dtype == final_norm.dtype == torch.bfloat16
+    assert x.is_contiguous() and cos.shape == signed_sin.shape == (T, hd)
+    assert weights.shape == (n_layers, 6) and bits.shape == (n_layers, 4) and \
+        kv.shape == (n_layers, 2) and k_buf.stride()[1:] == (hd, 1)
+    assert slots.shape == (T,) and kv_lens.shape == (T,) and kv_indices.shape[0] == T
+    slots = slots.to(torch.int64).contiguous()
+    idx = kv_indices.to(torch.int64)
+    idx = idx if idx.stride(1) == 1 else idx.contiguous()
+    lens = kv_lens.to(torch.int64).contiguous()
+    assert not T or int(lens.max()) <= idx.shape[1], "kv_lens longer than kv_indices"
+    lib = _q4_library()
+    scratch = torch.empty(lib.decoder_scratch_elems(T, D, n_q, n_kv, hd, inter),
+                          dtype=torch.bfloat16)
+    out = torch.empty((T, D), dtype=torch.bfloat16)
+    rc = lib.bf16_decoder_forward(
+        x.data_ptr(), T, n_layers, D, n_q, n_kv, hd, inter, weights.data_ptr(),
+        bits.data_ptr(), kv.data_ptr(), k_buf.stride(0), n_slots, cos.data_ptr(),
+        signed_sin.data_ptr(), slots.data_ptr(), idx.data_ptr(), idx.stride(0), lens.data_ptr(),
+        final_norm.data_ptr(), eps, scale, out.data_ptr(), scratch.data_ptr(),
+        torch.get_num_threads())
+    if rc == 2:
+        raise IndexError(f"cpu_decoder_forward: KV slots outside the pool's {n_slots}")
+    assert rc == 0, f"cpu_decoder_forward: unsupported shapes (code {rc})"
+    return out
 
 
 def cpu_rope_store_supports(qkv: torch.Tensor, k_buf: torch.Tensor) -> bool:

@@ -150,10 +150,13 @@ class LlamaModel(nn.Module):
         self.norm = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings,
                                                cfg.rope_theta)
+        self.fused = None  # a FusedDecoder (model/fused_decoder.py), set by the loader
 
     def forward(self, fb: ForwardBatch, pool: TokenToKVPool) -> torch.Tensor:
         x, residual = self.embed_tokens(fb.input_ids), None  # (T, D)
         rope_tables = self.rotary_emb.tables(fb.positions, x.dtype)
+        if self.fused is not None and self.fused.applies(fb, x.shape[0], pool):
+            return self.fused.run(x, rope_tables, fb, pool)  # the lines below in one C call
         for layer in self.layers:
             x, residual = layer(x, residual, rope_tables, fb, pool)
         return self.norm(x) if residual is None else self.norm(x, residual)[0]

@@ -1,0 +1,89 @@
+"""The decoder in one C call (model/fused_decoder.py, kernels/cpu_decoder.c) against the
+Python path it replaces, on the default model in bf16: the same bits, and taken exactly where
+that path would run the same kernels."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def runner():
+    from sglc_runtime.config import EngineConfig
+    from sglc_runtime.model_runner import ModelRunner
+
+    r = ModelRunner(EngineConfig(max_total_tokens=8192))
+    if r.model.model.fused is None:
+        pytest.skip("the fused decoder needs the 4-bit AMX kernels (AVX-512-BF16 and AMX)")
+    return r
+
+
+def _prefilled(runner, prompt_lens, seed):
+    """Requests whose prompts sit in the runner's pool (computed by the Python path)."""
+    g = torch.Generator().manual_seed(seed)
+    reqs = []
+    for row, n in enumerate(prompt_lens):
+        ids = torch.randint(300, 40000, (n + 40,), generator=g).tolist()
+        reqs.append(SimpleNamespace(row=row, kv_len=0, fill_ids=ids))
+    fused, runner.model.model.fused = runner.model.model.fused, None
+    try:
+        fb = runner.build_batch(False, reqs, prompt_lens, runner.kv_pool.alloc(sum(prompt_lens)))
+        runner.model.model(fb, runner.kv_pool)
+    finally:
+        runner.model.model.fused = fused
+    for r, n in zip(reqs, prompt_lens):
+        r.kv_len = n
+    return reqs
+
+
+def _both_ways(runner, reqs, extend_lens):
+    """The decoder's output for this step through the fused call and through Python."""
+    model = runner.model.model
+    slots = runner.kv_pool.alloc(sum(extend_lens))
+    fb = runner.build_batch(all(n == 1 for n in extend_lens), reqs, extend_lens, slots)
+    assert model.fused.applies(fb, sum(extend_lens), runner.kv_pool)
+    fused_out = model(fb, runner.kv_pool)
+    k_fused = runner.kv_pool.k_buffer[-1][slots].clone()
+    keep, model.fused = model.fused, None
+    try:
+        plain_out = model(fb, runner.kv_pool)
+    finally:
+        model.fused = keep
+    k_plain = runner.kv_pool.k_buffer[-1][slots]
+    for r, n in zip(reqs, extend_lens):
+        r.kv_len += n
+    return fused_out, plain_out, k_fused, k_plain
+
+
+@pytest.mark.parametrize("prompt_lens", [[40, 7, 130, 65, 12], [30] * 16, list(range(3, 67))])
+def test_fused_decode_step_is_the_python_path_bit_for_bit(runner, prompt_lens):
+    reqs = _prefilled(runner, prompt_lens, seed=len(prompt_lens))
+    for _ in range(2):  # two decode steps: the second reads keys the first one stored
+        fused, plain, k_fused, k_plain = _both_ways(runner, reqs, [1] * len(reqs))
+        assert fused.dtype == torch.bfloat16 and fused.shape == plain.shape
+        assert torch.equal(fused, plain)
+        assert torch.equal(k_fused, k_plain)  # the last layer's stored keys too
+
+
+def test_fused_short_extends_are_the_python_path(runner):
+    """A mixed step: requests adding a few tokens each, and decode rows."""
+    reqs = _prefilled(runner, [50, 20, 90, 33], seed=7)
+    fused, plain, k_fused, k_plain = _both_ways(runner, reqs, [5, 1, 12, 1])
+    assert torch.equal(fused, plain) and torch.equal(k_fused, k_plain)
+
+
+def test_fused_decoder_is_not_taken_outside_its_kernels(runner):
+    """Steps the Python path runs with other kernels: 1-4 rows (torch's int4), more than 64,
+    or a request extending past the padded rows (its own attention call)."""
+    model = runner.model.model
+    fused = model.fused
+    reqs = _prefilled(runner, [20] * 70, seed=3)
+    for extend_lens in ([1] * 4, [1] * 65):
+        sub = reqs[:len(extend_lens)]
+        fb = runner.build_batch(True, sub, extend_lens, runner.kv_pool.alloc(len(sub)))
+        assert not fused.applies(fb, len(sub), runner.kv_pool)
+    fb = runner.build_batch(False, reqs[:3], [40, 1, 1], runner.kv_pool.alloc(42))
+    assert not fused.applies(fb, 42, runner.kv_pool)
