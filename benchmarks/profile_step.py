@@ -1,5 +1,6 @@
 """Where one engine step spends its time: runs a workload, times every step (model forward vs
-the rest) and prints torch.profiler's table for one decode step.
+the rest), the fused decoder's parts where it runs, and prints torch.profiler's table for one
+decode step.
 
 Run: python benchmarks/profile_step.py [--batch 1] [--prompt-len 16] [--new 32] [--shared 0]
 (--shared N gives every prompt the same N-token prefix, for cascade attention)."""
@@ -34,6 +35,7 @@ def main():
     real_forward, real_step = model_runner.ModelRunner.forward, engine_core.EngineCore.step
 
     def forward(self, fb, rows):
+        state["runner"] = self
         t = time.perf_counter()
         out = real_forward(self, fb, rows)
         if out.is_cuda:
@@ -69,6 +71,9 @@ def main():
     eng.generate(input_ids=prompts[0][:8], sampling_params={**sp, "max_new_tokens": 2})
     for v in times.values():
         v.clear()
+    fused = state["runner"].model.model.fused  # the decoder in one C call, where it runs
+    if fused is not None:
+        fused.time_parts()
     t = time.perf_counter()
     eng.generate(input_ids=prompts, sampling_params=sp)
     total = time.perf_counter() - t
@@ -77,6 +82,10 @@ def main():
     print(f"{args.batch} x {args.new} tokens in {total:.2f}s "
           f"({args.batch * args.new / total:.1f} tok/s); median step {med['step']:.2f} ms, "
           f"of which forward {med['forward']:.2f} ms")
+    if fused is not None and fused.times.sum() > 0:
+        n = len(times["forward"])
+        print(f"fused decoder (kernels/cpu_decoder.c), ms per step over {n} steps: " + ", ".join(
+            f"{name} {sec / n * 1e3:.2f}" for name, sec in zip(fused.PARTS, fused.times.tolist())))
     if state["prof"] is not None:
         key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
         print(state["prof"].key_averages().table(sort_by="self_cpu_time_total",

@@ -58,7 +58,7 @@ def _both_ways(runner, reqs, extend_lens):
     return fused_out, plain_out, k_fused, k_plain
 
 
-@pytest.mark.parametrize("prompt_lens", [[40, 7, 130, 65, 12], [30] * 16, list(range(3, 67))])
+@pytest.mark.parametrize("prompt_lens", [[40], [40, 7, 130], [30] * 16, list(range(3, 67))])
 def test_fused_decode_step_is_the_python_path_bit_for_bit(runner, prompt_lens):
     reqs = _prefilled(runner, prompt_lens, seed=len(prompt_lens))
     for _ in range(2):  # two decode steps: the second reads keys the first one stored
@@ -76,14 +76,15 @@ def test_fused_short_extends_are_the_python_path(runner):
 
 
 def test_fused_decoder_is_not_taken_outside_its_kernels(runner):
-    """Steps the Python path runs with other kernels: 1-4 rows (torch's int4), more than 64,
-    or a request extending past the padded rows (its own attention call)."""
+    """Steps the Python path runs with other kernels: more than 64 rows (bf16 linears), or a
+    request extending past the padded rows (its own attention call). From one row up the
+    projections take the 4-bit kernel (torch's int4 stays unused)."""
     model = runner.model.model
     fused = model.fused
+    assert (fused.min_rows, fused.max_rows) == (1, 64)
+    assert model.layers[0].mlp.down_proj.packed is None
     reqs = _prefilled(runner, [20] * 70, seed=3)
-    for extend_lens in ([1] * 4, [1] * 65):
-        sub = reqs[:len(extend_lens)]
-        fb = runner.build_batch(True, sub, extend_lens, runner.kv_pool.alloc(len(sub)))
-        assert not fused.applies(fb, len(sub), runner.kv_pool)
+    fb = runner.build_batch(True, reqs[:65], [1] * 65, runner.kv_pool.alloc(65))
+    assert not fused.applies(fb, 65, runner.kv_pool)
     fb = runner.build_batch(False, reqs[:3], [40, 1, 1], runner.kv_pool.alloc(42))
     assert not fused.applies(fb, 42, runner.kv_pool)

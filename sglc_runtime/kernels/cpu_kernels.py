@@ -52,8 +52,9 @@ _Q4_SIGNATURES = {
     "q4_amx_selftest": ([], ctypes.c_int),
     "decoder_scratch_elems": ([_I64, _I, _I, _I, _I, _I], _I64),
     "bf16_decoder_forward": ([_P, _I64, _I, _I, _I, _I, _I, _I, _P, _P, _P, _I64, _I64, _P, _P,
-                              _P, _P, _I64, _P, _P, ctypes.c_float, ctypes.c_float, _P, _P, _I],
-                             ctypes.c_int),
+                              _P, _P, _I64, _P, _P, ctypes.c_float, ctypes.c_float, _P, _P, _P,
+                              _I], ctypes.c_int),
+    "decoder_parts": ([], _I),
 }
 
 
@@ -243,14 +244,15 @@ def cpu_decoder_forward(x: torch.Tensor, weights: torch.Tensor, bits: torch.Tens
                         signed_sin: torch.Tensor, slots: torch.Tensor,
                         kv_indices: torch.Tensor, kv_lens: torch.Tensor,
                         final_norm: torch.Tensor, n_q: int, inter: int, eps: float,
-                        scale: float) -> torch.Tensor:
+                        scale: float, times: torch.Tensor | None = None) -> torch.Tensor:
     """A Llama decoder's layers over embeddings x (T, D) bf16 in one call (cpu_decoder.c):
     weights (layers, 6) int64 addresses of each layer's packed qkv, o, gate_up, down and its
     two norm weights, bits (layers, 4) int32 the packings' code widths, kv (layers, 2) the pool
     buffers' addresses (k_buf: one of them, for the shapes), cos / signed_sin (T, hd) bf16,
     slots (T,) the new tokens' KV slots, kv_indices / kv_lens every row's padded attention.
     Returns the final norm (T, D) bf16. The caller (model/fused_decoder.py) vouches for the
-    addresses; shapes are checked here and in C."""
+    addresses; shapes are checked here and in C. times: None, or float64 (DECODER_PARTS,) to
+    which each part's seconds are added (see cpu_decoder.c)."""
     T, D = x.shape
     n_layers, (n_slots, n_kv, hd) = weights.shape[0], k_buf.shape
     assert x.dtype == cos.dtype == signed_sin.dtype == final_norm.dtype == torch.bfloat16
@@ -264,6 +266,8 @@ def cpu_decoder_forward(x: torch.Tensor, weights: torch.Tensor, bits: torch.Tens
     lens = kv_lens.to(torch.int64).contiguous()
     assert not T or int(lens.max()) <= idx.shape[1], "kv_lens longer than kv_indices"
     lib = _q4_library()
+    assert times is None or (times.dtype == torch.float64 and times.is_contiguous()
+                             and times.numel() == lib.decoder_parts())
     scratch = torch.empty(lib.decoder_scratch_elems(T, D, n_q, n_kv, hd, inter),
                           dtype=torch.bfloat16)
     out = torch.empty((T, D), dtype=torch.bfloat16)
@@ -272,7 +276,7 @@ def cpu_decoder_forward(x: torch.Tensor, weights: torch.Tensor, bits: torch.Tens
         bits.data_ptr(), kv.data_ptr(), k_buf.stride(0), n_slots, cos.data_ptr(),
         signed_sin.data_ptr(), slots.data_ptr(), idx.data_ptr(), idx.stride(0), lens.data_ptr(),
         final_norm.data_ptr(), eps, scale, out.data_ptr(), scratch.data_ptr(),
-        torch.get_num_threads())
+        None if times is None else times.data_ptr(), torch.get_num_threads())
     if rc == 2:
         raise IndexError(f"cpu_decoder_forward: KV slots outside the pool's {n_slots}")
     assert rc == 0, f"cpu_decoder_forward: unsupported shapes (code {rc})"

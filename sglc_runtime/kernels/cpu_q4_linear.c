@@ -1,5 +1,5 @@
 /* y = x . W^T for bfloat16 rows x and 4-bit group-32 weights W on CPUs with AMX-BF16 (and
- * AVX-512-BF16): the decode linear at 5-64 rows. There a CPU's linears are bound by reading
+ * AVX-512-BF16): the decode linear at 1-64 rows. There a CPU's linears are bound by reading
  * the weights; this reads 5 bits per weight where a bf16 linear reads 16, dequantizes them
  * with AVX-512 into bf16 tiles and multiplies the tiles with AMX (AVX-512's vdpbf16ps alone
  * runs out of arithmetic past 4 rows). Built by cpu_kernels.py; the contract and the packing

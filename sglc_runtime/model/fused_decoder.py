@@ -1,6 +1,6 @@
 """The decoder's layers in one C call (`kernels/cpu_decoder.c`) for small CPU steps.
 
-At 5-64 rows a bf16 step on the CPU runs C kernels only (the 4-bit AMX linears, RoPE + KV
+At 1-64 rows a bf16 step on the CPU runs C kernels only (the 4-bit AMX linears, RoPE + KV
 store, decode attention, RMSNorm, SwiGLU), yet a third of it went to Python and ATen between
 them: module calls, checks, allocations, ctypes. `FusedDecoder.run` makes one call for all
 layers instead, with the same kernels on the same inputs in the same order, so its output is
@@ -44,6 +44,15 @@ class FusedDecoder:
         # (the tensors behind the addresses are the model's: they live as long as it does)
         self.weights = torch.tensor(addrs, dtype=torch.int64)
         self.bits = torch.tensor(bits, dtype=torch.int32)
+        self.times: torch.Tensor | None = None  # float64 (len(PARTS),): seconds per part
+
+    #: the parts `times` adds up when set (cpu_decoder.c's order)
+    PARTS = ("norms", "qkv proj", "rope+store", "attention", "o proj", "gate/up proj",
+             "silu*mul", "down proj")
+
+    def time_parts(self, on: bool = True) -> None:
+        """Start (zeroed) or stop adding each part's seconds into `times` (profiling)."""
+        self.times = torch.zeros(len(self.PARTS), dtype=torch.float64) if on else None
 
     @staticmethod
     def build(model) -> FusedDecoder | None:
@@ -87,4 +96,4 @@ class FusedDecoder:
         return cpu_decoder_forward(
             x.contiguous(), self.weights, self.bits, pool.kv_pointers(), pool.k_buffer[0],
             cos, ssin, fb.out_cache_loc, fb.attn.padded_kv_indices, fb.attn.kv_lens,
-            self.model.norm.weight, self.n_q, self.inter, self.eps, self.scale)
+            self.model.norm.weight, self.n_q, self.inter, self.eps, self.scale, self.times)

@@ -1,8 +1,8 @@
 """Small-batch decode through int4 weights: on a CPU, decode at 1-64 rows is bound by reading
-the weights from memory, so rows <= `max_rows` use torch's packed-int4 matmul (4.5 bits/weight,
-group-32 scale + zero, bf16 activations), and, where a GGUF file's own Q4_0/Q4_1 weights and
-AMX are there, rows up to `q4_max_rows` use `kernels/cpu_q4_linear.c` on those exact weights;
-larger batches keep the float path.
+the weights from memory. Where a GGUF file's own Q4_0/Q4_1 weights and AMX are there, rows up
+to `q4_max_rows` use `kernels/cpu_q4_linear.c` on those exact weights; elsewhere rows <=
+`max_rows` use torch's packed-int4 matmul (4.5 bits/weight, group-32 scale + zero, bf16
+activations). Larger batches keep the float path.
 
 `quantize_int4` below is the plain PyTorch reference of what torch's packed kernel computes;
 `kernels/q4_linear.q4_linear_ref` is the 4-bit kernel's."""
@@ -62,10 +62,12 @@ class Int4DecodeLinear(nn.Module):
         self.linear = linear
         self.max_rows = max_rows
         self.bf16_out = bf16_out
-        q, scale, zero = quantize_int4(linear.weight.data)
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)  # (N, K/2) u8
-        self.scales_zeros = torch.stack([scale, zero], -1).transpose(0, 1).contiguous() \
-            .to(torch.bfloat16)  # (K/G, N, 2)
+        self.packed = self.scales_zeros = None  # (max_rows 0: torch's int4 never runs)
+        if max_rows > 0:
+            q, scale, zero = quantize_int4(linear.weight.data)
+            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)  # (N, K/2)
+            self.scales_zeros = torch.stack([scale, zero], -1).transpose(0, 1).contiguous() \
+                .to(torch.bfloat16)  # (K/G, N, 2)
         self.q4 = pack_q4(*q4) if q4 is not None else None
         self.q4_max_rows = q4_max_rows if q4 is not None else 0
 
@@ -135,15 +137,20 @@ def enable_int4_decode(model: nn.Module, max_rows: int | None = None,
     the 4-bit kernel on them. head_q8: the LM head's own Q8_0 codes and scales
     (`loader.gguf_q8_head`); there, its rows up to Q8_HEAD_MAX_ROWS run the kernel's 8-bit path.
 
-    max_rows (None: by dtype): the int4 kernel's cost grows with the rows, so it wins only while
-    reading weights dominates. In a bf16 model on an AVX-512-bf16 CPU decode steps measured
-    1.5x faster at 2-4 rows, even at 6 and slower at 8 (against oneDNN's packed bf16); in a
-    float32 model on an AVX2 CPU int4 still won at 8 rows."""
-    if max_rows is None:
-        max_rows = 4 if model.lm_head.weight.dtype == torch.bfloat16 else 8
+    max_rows (None: by what runs): torch's int4 kernel's cost grows with the rows, so it wins
+    only while reading weights dominates. In a bf16 model on an AVX-512-bf16 CPU decode steps
+    measured 1.5x faster at 2-4 rows, even at 6 and slower at 8 (against oneDNN's packed
+    bf16); in a float32 model on an AVX2 CPU int4 still won at 8 rows. With the 4-bit packings
+    it is 0: every row count up to Q4_MAX_ROWS takes the 4-bit kernel (the file's exact
+    weights; torch's int4 requantizes them), which the fused decoder (fused_decoder.py) runs
+    with no Python between layers: 1-4-row decode steps 10.8-13.7 -> 7.6-9.5 ms there, where
+    called from Python it was 20% slower than torch's int4 at those rows."""
     if (q4 is not None or head_q8 is not None) and not (
             model.lm_head.weight.dtype == torch.bfloat16 and cpu_q4_linear_available()):
         q4 = head_q8 = None
+    if max_rows is None:
+        max_rows = 0 if q4 is not None else \
+            4 if model.lm_head.weight.dtype == torch.bfloat16 else 8
     if head_q8 is not None and model.lm_head.out_features % 16 == 0:
         model.lm_head = Q8DecodeHead(model.lm_head, head_q8)
 
