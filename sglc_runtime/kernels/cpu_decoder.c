@@ -1,4 +1,4 @@
-/* A Llama decoder's layers in one C call for a small step (1-64 rows, decode rows and short
+/* A Llama decoder's layers in one C call for a small step (1-128 rows, decode rows and short
  * extends, every row a padded one-query attention row): the other kernels in the order
  * LlamaModel.forward calls them (model/llama.py), with no Python between them. The same
  * kernels on the same inputs, so the same bits as that path (model/fused_decoder.py runs it
