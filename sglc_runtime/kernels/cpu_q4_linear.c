@@ -67,6 +67,25 @@ static inline void group_scales(const uint8_t *grp, __m512 *dlo, __m512 *mlo, __
     spread16(grp + 32, mlo, mhi);
 }
 
+/* a group's 16 B rows dequantized into bg (a 1 KB tile's bf16 pairs) */
+static inline void dequant_group(const uint8_t *blk, int64_t g, int bits, uint16_t *bg) {
+    if (bits == 4) {
+        const uint8_t *grp = blk + g * GROUP_BYTES;
+        __m512 dlo, mlo, dhi, mhi;
+        group_scales(grp, &dlo, &mlo, &dhi, &mhi);
+        for (int kk = 0; kk < 16; kk++)
+            _mm512_store_si512((void *)(bg + 32 * kk), (__m512i)dequant_brow(
+                                   grp + 64 + 16 * kk, dlo, mlo, dhi, mhi));
+    } else {
+        const uint8_t *grp = blk + g * Q8_GROUP_BYTES;
+        __m512 dlo, dhi;
+        spread16(grp, &dlo, &dhi);
+        for (int kk = 0; kk < 16; kk++)
+            _mm512_store_si512((void *)(bg + 32 * kk),
+                               (__m512i)dequant_brow_q8(grp + 32 + 32 * kk, dlo, dhi));
+    }
+}
+
 /* ---- AMX: a group's 16 B rows are dequantized into a 1 KB tile, x's rows are the A tile,
  * tdpbf16ps accumulates a 16 x 16 float32 C tile per 16 rows of x ---- */
 #define AMX_ROWS 64 /* rows per pass: four C tiles share each B tile */
@@ -130,21 +149,7 @@ static AMX_TARGET void block_amx(const uint16_t *x, int64_t x_stride, const uint
     _tile_zero(3);
     for (int64_t g = 0; g < k / 32; g++) {
         uint16_t *bg = b[g & 1];
-        if (bits == 4) {
-            const uint8_t *grp = blk + g * GROUP_BYTES;
-            __m512 dlo, mlo, dhi, mhi;
-            group_scales(grp, &dlo, &mlo, &dhi, &mhi);
-            for (int kk = 0; kk < 16; kk++)
-                _mm512_store_si512((void *)(bg + 32 * kk), (__m512i)dequant_brow(
-                                       grp + 64 + 16 * kk, dlo, mlo, dhi, mhi));
-        } else {
-            const uint8_t *grp = blk + g * Q8_GROUP_BYTES;
-            __m512 dlo, dhi;
-            spread16(grp, &dlo, &dhi);
-            for (int kk = 0; kk < 16; kk++)
-                _mm512_store_si512((void *)(bg + 32 * kk),
-                                   (__m512i)dequant_brow_q8(grp + 32 + 32 * kk, dlo, dhi));
-        }
+        dequant_group(blk, g, bits, bg);
         TILE_LOADD(4, bg, 64);
         AMX_TILE_STEP(0)
         AMX_TILE_STEP(1)
@@ -158,6 +163,44 @@ static AMX_TARGET void block_amx(const uint16_t *x, int64_t x_stride, const uint
     for (int t = 0; t < 4; t++)
         for (int r = 0; r < rows[t]; r++)
             _mm256_storeu_si256((__m256i *)(y + (16 * t + r) * y_stride),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(c[t] + 16 * r)));
+}
+
+/* up to 16 rows: tiles 0 and 1 = C of two column blocks, 4 and 7 = their B, 5 = A */
+static AMX_TARGET void amx_config_pair(int rows) {
+    struct tile_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    c.rows[0] = c.rows[1] = c.rows[5] = (uint8_t)rows;
+    c.rows[4] = c.rows[7] = 16;
+    c.colsb[0] = c.colsb[1] = c.colsb[4] = c.colsb[5] = c.colsb[7] = 64;
+    __asm__ volatile("ldtilecfg %0" ::"m"(c));
+}
+
+/* two column blocks side by side over one A tile: two independent accumulations (a single
+ * block's tdpbf16ps chain waits on itself) and two groups dequantized per A load */
+static AMX_TARGET void pair_amx(const uint16_t *x, int64_t x_stride, const uint8_t *blk0,
+                                const uint8_t *blk1, int64_t k, uint16_t *y, int64_t y_stride,
+                                int rows, int bits) {
+    uint16_t b[2][2][16 * 32] __attribute__((aligned(64)));
+    float c[2][16 * 16] __attribute__((aligned(64)));
+    _tile_zero(0);
+    _tile_zero(1);
+    for (int64_t g = 0; g < k / 32; g++) {
+        uint16_t *b0 = b[g & 1][0], *b1 = b[g & 1][1];
+        dequant_group(blk0, g, bits, b0);
+        dequant_group(blk1, g, bits, b1);
+        TILE_LOADD(5, x + 32 * g, x_stride * 2);
+        TILE_LOADD(4, b0, 64);
+        _tile_dpbf16ps(0, 5, 4);
+        TILE_LOADD(7, b1, 64);
+        _tile_dpbf16ps(1, 5, 7);
+    }
+    _tile_stored(0, c[0], 64);
+    _tile_stored(1, c[1], 64);
+    for (int t = 0; t < 2; t++)
+        for (int r = 0; r < rows; r++)
+            _mm256_storeu_si256((__m256i *)(y + r * y_stride + 16 * t),
                                 (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(c[t] + 16 * r)));
 }
 
@@ -201,6 +244,18 @@ int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, uint16
                    int num_threads) {
     if (k % 32 || n % 16 || rows < 0 || (bits != 4 && bits != 8)) return 1;
     int64_t nblocks = n / 16, blk_bytes = (k / 32) * (bits == 4 ? GROUP_BYTES : Q8_GROUP_BYTES);
+    if (rows > 0 && rows <= 16 && nblocks % 2 == 0) { /* (-10% time at 8-16 rows) */
+#pragma omp parallel num_threads(num_threads)
+        {
+            amx_config_pair((int)rows);
+#pragma omp for schedule(static)
+            for (int64_t p = 0; p < nblocks / 2; p++)
+                pair_amx(x, x_stride, w + 2 * p * blk_bytes, w + (2 * p + 1) * blk_bytes, k,
+                         y + 32 * p, y_stride, (int)rows, bits);
+            amx_release();
+        }
+        return 0;
+    }
 #pragma omp parallel num_threads(num_threads)
     {
         for (int64_t r = 0; r < rows; r += AMX_ROWS) {
