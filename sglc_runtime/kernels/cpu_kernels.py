@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
 _SOURCES = tuple(_HERE / f for f in ("cpu_decode_attention.c", "cpu_rms_norm.c",
-                                      "cpu_rope_store.c", "cpu_silu_mul.c"))
+                                      "cpu_rope_store.c", "cpu_silu_mul.c",
+                                      "cpu_refine_logits.c"))
 # a library of its own: a compiler without AMX intrinsics (GCC < 11) loses only this one;
 # it holds the other kernels too, for the decoder driver (cpu_decoder.c) that runs them all
 _Q4_SOURCES = (_HERE / "cpu_q4_linear.c", _HERE / "cpu_decoder.c", *_SOURCES)
@@ -45,6 +46,7 @@ _SIGNATURES = {
     "bf16_rope_store": ([_P, _I64, _I64, _I, _I, _I, _P, _P, _P, _P, _P, _I64, _I64, _P, _I],
                         ctypes.c_int),
     "bf16_silu_mul": ([_P, _I64, _I64, _I64, _P, _I], None),
+    "f32_refine_top_logits": ([_P, _I64, _I64, _P, _I64, _P, _I, _I, _I], None),
 }
 _Q4_SIGNATURES = {
     "bf16_q4_linear": ([_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I, _I], ctypes.c_int),
@@ -324,3 +326,24 @@ def cpu_silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     _library().bf16_silu_mul(gate_up.data_ptr(), gate_up.stride(0), T, F2 // 2, out.data_ptr(),
                              torch.get_num_threads())
     return out
+
+
+def cpu_refine_supports(logits: torch.Tensor, h: torch.Tensor, weight32: torch.Tensor) -> bool:
+    """float32 CPU logits (R, V) contiguous, bf16 hidden rows, a contiguous float32 weight."""
+    return (logits.device.type == "cpu" and logits.dtype == torch.float32
+            and logits.dim() == 2 and logits.is_contiguous() and h.dtype == torch.bfloat16
+            and h.dim() == 2 and h.stride(1) == 1 and weight32.dtype == torch.float32
+            and weight32.is_contiguous() and weight32.shape == (logits.shape[1], h.shape[1])
+            and h.shape[0] == logits.shape[0] and cpu_kernels_available())
+
+
+def cpu_refine_top_logits(logits: torch.Tensor, h: torch.Tensor, weight32: torch.Tensor,
+                          k: int) -> None:
+    """In place: each row's k (<= 64) largest logits recomputed as float32 products of h's row
+    and weight32's rows (cpu_refine_logits.c; `model.llama.refine_top_logits` is the
+    reference). Check `cpu_refine_supports` first."""
+    assert 0 < k <= 64
+    R, V = logits.shape
+    _library().f32_refine_top_logits(logits.data_ptr(), R, V, h.data_ptr(), h.stride(0),
+                                     weight32.data_ptr(), h.shape[1], k,
+                                     torch.get_num_threads())

@@ -12,6 +12,8 @@ from ..config import ModelConfig
 from ..forward_batch import ForwardBatch
 from ..kernels.cpu_kernels import (
     cpu_kernels_available,
+    cpu_refine_supports,
+    cpu_refine_top_logits,
     cpu_rms_norm,
     cpu_rms_norm_supports,
     cpu_rope_store,
@@ -188,6 +190,8 @@ def refine_top_logits(logits: torch.Tensor, h: torch.Tensor, weight32: torch.Ten
     ties or swapped; the rest of the vocabulary cannot win against them, and its rounding
     barely moves a softmax. Costs a top-k and R*k dot products; a float32 LM head over the
     whole vocabulary would cost 3x the bfloat16 one."""
+    if 0 < k <= 64 and cpu_refine_supports(logits, h, weight32):
+        return cpu_refine_top_logits(logits, h, weight32, k)  # the lines below, in C
     idx = top_k_indices(logits, min(k, logits.shape[-1]))  # (R, k)
     exact = torch.einsum("rkd,rd->rk", weight32[idx], h.float())
     logits.scatter_(1, idx, exact)
