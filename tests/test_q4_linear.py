@@ -143,6 +143,8 @@ def test_q8_kernel_matches_reference(rows, n, k):
     out = cpu_q4_linear(x, pack_q8(codes, d), n)
     assert out.dtype == torch.bfloat16 and out.shape == (rows, n)
     assert torch.allclose(out.float(), ref, rtol=2 ** -7, atol=1e-3 * ref.abs().max().item())
+    out32 = cpu_q4_linear(x, pack_q8(codes, d), n, out_dtype=torch.float32)
+    assert out32.dtype == torch.float32 and torch.equal(out32.bfloat16(), out)  # unrounded
 
 
 @needs_amx
@@ -154,7 +156,9 @@ def test_q8_head_routes_rows_and_keeps_the_weight():
     assert q8.weight is head.weight  # (tied to the embedding)
     x = torch.randn(8, 96).bfloat16()
     ref = q8_linear_ref(x, codes, d).float()
-    assert torch.allclose(q8(x).float(), ref, rtol=2 ** -7, atol=1e-3 * ref.abs().max().item())
+    logits = q8(x)
+    assert logits.dtype == torch.float32  # (the kernel's sums, not rounded to bf16)
+    assert torch.allclose(logits, ref, rtol=2 ** -7, atol=1e-3 * ref.abs().max().item())
     x = torch.randn(9, 96).bfloat16()
     assert torch.equal(q8(x), head(x))
 

@@ -70,7 +70,7 @@ int bf16_decoder_forward(const uint16_t *x0, int64_t T, int n_layers, int D, int
                           res, num_threads);
         lap(times, T_NORM, &t);
         if (bf16_q4_linear(h, D, (const uint8_t *)(intptr_t)w[W_QKV], qkv, nqkv, T, nqkv, D,
-                           b[0], num_threads))
+                           b[0], 0, num_threads))
             return 1;
         lap(times, T_QKV, &t);
         if (bf16_rope_store(qkv, nqkv, T, n_q, n_kv, hd, cos, ssin, q, k, v, kv_row, n_slots,
@@ -81,7 +81,7 @@ int bf16_decoder_forward(const uint16_t *x0, int64_t T, int n_layers, int D, int
                                   kv_row, scale, num_threads))
             return 3;
         lap(times, T_ATTN, &t);
-        if (bf16_q4_linear(o, nqh, (const uint8_t *)(intptr_t)w[W_O], x, D, T, D, nqh, b[1],
+        if (bf16_q4_linear(o, nqh, (const uint8_t *)(intptr_t)w[W_O], x, D, T, D, nqh, b[1], 0,
                            num_threads))
             return 1;
         lap(times, T_O, &t);
@@ -89,12 +89,12 @@ int bf16_decoder_forward(const uint16_t *x0, int64_t T, int n_layers, int D, int
                       num_threads);
         lap(times, T_NORM, &t);
         if (bf16_q4_linear(h, D, (const uint8_t *)(intptr_t)w[W_GU], gu, 2 * F, T, 2 * F, D,
-                           b[2], num_threads))
+                           b[2], 0, num_threads))
             return 1;
         lap(times, T_GU, &t);
         bf16_silu_mul(gu, 2 * F, T, F, m, num_threads);
         lap(times, T_SILU, &t);
-        if (bf16_q4_linear(m, F, (const uint8_t *)(intptr_t)w[W_DOWN], x, D, T, D, F, b[3],
+        if (bf16_q4_linear(m, F, (const uint8_t *)(intptr_t)w[W_DOWN], x, D, T, D, F, b[3], 0,
                            num_threads))
             return 1;
         lap(times, T_DOWN, &t);

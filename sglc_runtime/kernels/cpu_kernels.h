@@ -17,7 +17,7 @@ int bf16_rope_store(const uint16_t *qkv, int64_t qkv_stride, int64_t T, int n_q,
                     const int64_t *slots, int num_threads);
 void bf16_silu_mul(const uint16_t *gu, int64_t gu_stride, int64_t T, int64_t F, uint16_t *out,
                    int num_threads);
-int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, uint16_t *y,
-                   int64_t y_stride, int64_t rows, int64_t n, int64_t k, int bits,
+int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, void *y,
+                   int64_t y_stride, int64_t rows, int64_t n, int64_t k, int bits, int out_f32,
                    int num_threads);
 #endif

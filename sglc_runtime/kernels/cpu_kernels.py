@@ -49,7 +49,7 @@ _SIGNATURES = {
     "f32_refine_top_logits": ([_P, _I64, _I64, _P, _I64, _P, _I, _I, _I], None),
 }
 _Q4_SIGNATURES = {
-    "bf16_q4_linear": ([_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I, _I], ctypes.c_int),
+    "bf16_q4_linear": ([_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I, _I, _I], ctypes.c_int),
     "q4_amx_init": ([], ctypes.c_int),
     "q4_amx_selftest": ([], ctypes.c_int),
     "decoder_scratch_elems": ([_I64, _I, _I, _I, _I, _I], _I64),
@@ -216,11 +216,13 @@ def cpu_q4_linear_available() -> bool:
     return lib.q4_amx_init() == 0
 
 
-def cpu_q4_linear(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
+def cpu_q4_linear(x: torch.Tensor, packed: torch.Tensor, n: int,
+                  out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """x (R, K) bfloat16 rows (last dim contiguous) times 4-bit weights packed by
     `q4_linear.pack_q4` (or 8-bit ones by `pack_q8`: the packing's last dimension says which)
-    -> (R, n) bfloat16; the contract is `q4_linear.q4_linear_ref` (`q8_linear_ref`). Check
-    `cpu_q4_linear_available()` first."""
+    -> (R, n) bfloat16, or float32 sums unrounded with out_dtype=torch.float32; the contract is
+    `q4_linear.q4_linear_ref` (`q8_linear_ref`). Check `cpu_q4_linear_available()` first."""
+    assert out_dtype in (torch.bfloat16, torch.float32)
     if not cpu_q4_linear_available():  # (also what grants this process AMX: never skip it)
         raise RuntimeError("cpu_q4_linear: AMX does not run here")
     rows, k = x.shape
@@ -229,9 +231,10 @@ def cpu_q4_linear(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor
     if bits is None or packed.shape[:2] != (n // 16, k // 32) or k % 32 or n % 16:
         raise ValueError(f"cpu_q4_linear: packed weights {tuple(packed.shape)} do not match "
                          f"x of width {k} and {n} outputs")  # (no assert: -O drops it)
-    y = torch.empty((rows, n), dtype=torch.bfloat16)
+    y = torch.empty((rows, n), dtype=out_dtype)
     rc = _q4_library().bf16_q4_linear(x.data_ptr(), x.stride(0), packed.data_ptr(), y.data_ptr(),
-                                      y.stride(0), rows, n, k, bits, torch.get_num_threads())
+                                      y.stride(0), rows, n, k, bits, out_dtype == torch.float32,
+                                      torch.get_num_threads())
     assert rc == 0, "cpu_q4_linear: unsupported shapes"
     return y
 

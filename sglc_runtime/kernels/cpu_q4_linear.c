@@ -86,6 +86,15 @@ static inline void dequant_group(const uint8_t *blk, int64_t g, int bits, uint16
     }
 }
 
+/* a C tile row (16 float32) to y: float32 when out_f32, else bf16 (nearest even) */
+static inline void store_row(void *y, int64_t at, const float *c, int out_f32) {
+    __m512 v = _mm512_load_ps(c);
+    if (out_f32)
+        _mm512_storeu_ps((float *)y + at, v);
+    else
+        _mm256_storeu_si256((__m256i *)((uint16_t *)y + at), (__m256i)_mm512_cvtneps_pbh(v));
+}
+
 /* ---- AMX: a group's 16 B rows are dequantized into a 1 KB tile, x's rows are the A tile,
  * tdpbf16ps accumulates a 16 x 16 float32 C tile per 16 rows of x ---- */
 #define AMX_ROWS 64 /* rows per pass: four C tiles share each B tile */
@@ -139,8 +148,8 @@ static AMX_TARGET void amx_release(void) { _tile_release(); }
     }
 
 static AMX_TARGET void block_amx(const uint16_t *x, int64_t x_stride, const uint8_t *blk,
-                                 int64_t k, uint16_t *y, int64_t y_stride, const int rows[4],
-                                 int bits) {
+                                 int64_t k, void *y, int64_t y_at, int64_t y_stride,
+                                 const int rows[4], int bits, int out_f32) {
     uint16_t b[2][16 * 32] __attribute__((aligned(64)));
     float c[4][16 * 16] __attribute__((aligned(64)));
     _tile_zero(0);
@@ -162,8 +171,7 @@ static AMX_TARGET void block_amx(const uint16_t *x, int64_t x_stride, const uint
     _tile_stored(3, c[3], 64);
     for (int t = 0; t < 4; t++)
         for (int r = 0; r < rows[t]; r++)
-            _mm256_storeu_si256((__m256i *)(y + (16 * t + r) * y_stride),
-                                (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(c[t] + 16 * r)));
+            store_row(y, y_at + (16 * t + r) * y_stride, c[t] + 16 * r, out_f32);
 }
 
 /* up to 16 rows: tiles 0 and 1 = C of two column blocks, 4 and 7 = their B, 5 = A */
@@ -180,8 +188,8 @@ static AMX_TARGET void amx_config_pair(int rows) {
 /* two column blocks side by side over one A tile: two independent accumulations (a single
  * block's tdpbf16ps chain waits on itself) and two groups dequantized per A load */
 static AMX_TARGET void pair_amx(const uint16_t *x, int64_t x_stride, const uint8_t *blk0,
-                                const uint8_t *blk1, int64_t k, uint16_t *y, int64_t y_stride,
-                                int rows, int bits) {
+                                const uint8_t *blk1, int64_t k, void *y, int64_t y_at,
+                                int64_t y_stride, int rows, int bits, int out_f32) {
     uint16_t b[2][2][16 * 32] __attribute__((aligned(64)));
     float c[2][16 * 16] __attribute__((aligned(64)));
     _tile_zero(0);
@@ -200,8 +208,7 @@ static AMX_TARGET void pair_amx(const uint16_t *x, int64_t x_stride, const uint8
     _tile_stored(1, c[1], 64);
     for (int t = 0; t < 2; t++)
         for (int r = 0; r < rows; r++)
-            _mm256_storeu_si256((__m256i *)(y + r * y_stride + 16 * t),
-                                (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(c[t] + 16 * r)));
+            store_row(y, y_at + r * y_stride + 16 * t, c[t] + 16 * r, out_f32);
 }
 
 static AMX_TARGET float amx_ones_product(void) {
@@ -238,9 +245,10 @@ int q4_amx_selftest(void) {
 }
 
 /* bits: 4 (the packing above) or 8 (Q8_0: 544 bytes per 16 columns x 32 inputs, see
- * dequant_brow_q8) */
-int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, uint16_t *y,
-                   int64_t y_stride, int64_t rows, int64_t n, int64_t k, int bits,
+ * dequant_brow_q8). y: bf16, or float32 when out_f32 (the LM head's logits: no rounding and
+ * no conversion after). */
+int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, void *y,
+                   int64_t y_stride, int64_t rows, int64_t n, int64_t k, int bits, int out_f32,
                    int num_threads) {
     if (k % 32 || n % 16 || rows < 0 || (bits != 4 && bits != 8)) return 1;
     int64_t nblocks = n / 16, blk_bytes = (k / 32) * (bits == 4 ? GROUP_BYTES : Q8_GROUP_BYTES);
@@ -250,8 +258,8 @@ int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, uint16
             amx_config_pair((int)rows);
 #pragma omp for schedule(static)
             for (int64_t p = 0; p < nblocks / 2; p++)
-                pair_amx(x, x_stride, w + 2 * p * blk_bytes, w + (2 * p + 1) * blk_bytes, k,
-                         y + 32 * p, y_stride, (int)rows, bits);
+                pair_amx(x, x_stride, w + 2 * p * blk_bytes, w + (2 * p + 1) * blk_bytes, k, y,
+                         32 * p, y_stride, (int)rows, bits, out_f32);
             amx_release();
         }
         return 0;
@@ -267,8 +275,8 @@ int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, uint16
             amx_config(tr);
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < nblocks; b++)
-                block_amx(x + r * x_stride, x_stride, w + b * blk_bytes, k,
-                          y + r * y_stride + 16 * b, y_stride, tr, bits);
+                block_amx(x + r * x_stride, x_stride, w + b * blk_bytes, k, y,
+                          r * y_stride + 16 * b, y_stride, tr, bits, out_f32);
         }
         amx_release();
     }

@@ -121,9 +121,11 @@ class Q8DecodeHead(nn.Module):
         return self.head.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """bf16 logits through `head`; float32 ones, unrounded, through the kernel (the
+        caller takes float32 logits: `LlamaForCausalLM.forward` converts the former)."""
         if x.shape[0] <= self.max_rows and x.dtype == torch.bfloat16 and x.dim() == 2 \
                 and x.stride(1) == 1:
-            return cpu_q4_linear(x, self.q8, self.head.out_features)
+            return cpu_q4_linear(x, self.q8, self.head.out_features, out_dtype=torch.float32)
         return self.head(x)
 
 
