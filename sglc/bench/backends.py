@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -127,8 +128,12 @@ class LlamaServerBackend(_ChatTemplateOf, BaseBackend):
         self._init_template(gguf_path)
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
+        self.slots = slots
+        # (a slot save path only enables the slots' erase action: see flush_cache)
+        self._slot_dir = tempfile.TemporaryDirectory(prefix="sglc-llama-slots-")
         cmd = [binary, "-m", str(gguf_path), "--port", str(port), "-np", str(slots),
-               "-c", str(slots * ctx_per_slot), "--cont-batching"]
+               "-c", str(slots * ctx_per_slot), "--cont-batching",
+               "--slot-save-path", self._slot_dir.name]
         if threads:
             cmd += ["-t", str(threads)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -180,12 +185,21 @@ class LlamaServerBackend(_ChatTemplateOf, BaseBackend):
     def hit_rate(self) -> float:
         return self.cached / max(1, self.cached + self.evaluated)
 
+    def flush_cache(self) -> None:
+        """Empty every slot's cached prompt (between repeated runs: each starts cold)."""
+        for i in range(self.slots):
+            req = urllib.request.Request(f"{self.url}/slots/{i}?action=erase", data=b"{}",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                r.read()
+
     def shutdown(self) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self._slot_dir.cleanup()
 
 
 class LlamaCppPythonBackend(_ChatTemplateOf, BaseBackend):
