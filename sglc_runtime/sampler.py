@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .kernels.cpu_kernels import cpu_argmax_rows
 from .request import Req
 
 
@@ -37,8 +38,10 @@ def _plain_greedy(r: Req, eos_ids) -> bool:
 
 def greedy_ids(logits: torch.Tensor) -> torch.Tensor:
     """Each row's argmax (the first of equal maxima): `max` along the row, which on the CPU
-    runs ~3x faster than `argmax` over a 49k vocabulary (0.18 vs 0.58 ms for 16 rows)."""
-    return logits.max(dim=-1).indices
+    runs ~3x faster than `argmax` over a 49k vocabulary (0.18 vs 0.58 ms for 16 rows), and
+    the C kernel's scan faster still where it runs."""
+    ids = cpu_argmax_rows(logits)
+    return ids if ids is not None else logits.max(dim=-1).indices
 
 
 def sample(logits: torch.Tensor, reqs: list[Req], eos_ids: tuple[int, ...],

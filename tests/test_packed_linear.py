@@ -124,10 +124,21 @@ def test_top_k_indices_finds_the_k_largest(vocab):
     assert torch.equal(logits.gather(1, got).sort(-1, descending=True).values, want)
 
 
-def test_greedy_ids_are_argmax_first_of_ties():
+@pytest.mark.parametrize("vocab", [49152, 37, 1])
+def test_greedy_ids_are_argmax_first_of_ties(vocab):
+    """torch's max along a row, through the C scan where it runs: the first of equal maxima,
+    a NaN's index where a row has one; rows of any width, non-contiguous ones through torch."""
+    from sglc_runtime.kernels.cpu_kernels import cpu_argmax_rows, cpu_kernels_available
     from sglc_runtime.sampler import greedy_ids
 
-    logits = torch.randn(9, 49152)
-    logits[3, [10, 20000, 40000]] = 99.0
-    assert torch.equal(greedy_ids(logits), logits.argmax(-1))
-    assert int(greedy_ids(logits)[3]) == 10
+    logits = torch.randn(9, vocab)
+    logits[3, [i for i in (0, vocab // 3, vocab - 1)]] = 99.0
+    logits[5, vocab // 2] = float("nan")
+    logits[6] = float("-inf")
+    want = logits.max(-1).indices
+    assert torch.equal(greedy_ids(logits), want)
+    assert int(greedy_ids(logits)[3]) == 0 and int(want[5]) == vocab // 2
+    if cpu_kernels_available():
+        assert torch.equal(cpu_argmax_rows(logits), want)
+    assert torch.equal(greedy_ids(logits[:, :vocab]), want)
+    assert cpu_argmax_rows(logits.t().contiguous().t()) is None or vocab == 1

@@ -47,6 +47,7 @@ _SIGNATURES = {
                         ctypes.c_int),
     "bf16_silu_mul": ([_P, _I64, _I64, _I64, _P, _I], None),
     "f32_refine_top_logits": ([_P, _I64, _I64, _P, _I64, _P, _I, _I, _I], None),
+    "f32_argmax_rows": ([_P, _I64, _I64, _P, _I], None),
 }
 _Q4_SIGNATURES = {
     "bf16_q4_linear": ([_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I, _I, _I], ctypes.c_int),
@@ -350,3 +351,17 @@ def cpu_refine_top_logits(logits: torch.Tensor, h: torch.Tensor, weight32: torch
     _library().f32_refine_top_logits(logits.data_ptr(), R, V, h.data_ptr(), h.stride(0),
                                      weight32.data_ptr(), h.shape[1], k,
                                      torch.get_num_threads())
+
+
+def cpu_argmax_rows(logits: torch.Tensor) -> torch.Tensor | None:
+    """Each row's argmax (R,) int64 of float32 CPU logits (R, V), as `logits.max(-1).indices`
+    (the first of equal maxima; a NaN's index where a row has one), in one C pass per row;
+    None where the C kernels do not run here or the tensor is another kind."""
+    if not (logits.device.type == "cpu" and logits.dtype == torch.float32
+            and logits.dim() == 2 and logits.is_contiguous() and logits.shape[1] > 0
+            and cpu_kernels_available()):
+        return None
+    out = torch.empty(logits.shape[0], dtype=torch.int64)
+    _library().f32_argmax_rows(logits.data_ptr(), logits.shape[0], logits.shape[1],
+                               out.data_ptr(), torch.get_num_threads())
+    return out

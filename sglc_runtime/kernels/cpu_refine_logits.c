@@ -6,7 +6,10 @@
  * torch's topk (either is a k largest). Built by cpu_kernels.py with the other CPU kernels.
  *
  * logits: (R, V) float32, row stride V; h: (R, D) bfloat16, row stride h_stride; w: (V, D)
- * float32; k <= 64. */
+ * float32; k <= 64.
+ *
+ * f32_argmax_rows: each row's index of its largest logit, the first of equal ones, a NaN's if
+ * there is one (torch's max along a row). */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -86,4 +89,40 @@ void f32_refine_top_logits(float *logits, int64_t R, int64_t V, const uint16_t *
             row[top[j]] = s;
         }
     }
+}
+
+static int64_t row_argmax(const float *row, int64_t V) {
+    int64_t best = 0;
+    float top = row[0];
+    if (top != top) return 0;
+    int64_t i = 1;
+    for (; i + 16 <= V; i += 16) {
+        __m512 v = _mm512_loadu_ps(row + i);
+        /* lanes above the best so far, or NaN (unordered): looked at one by one, in order */
+        __mmask16 hit = _mm512_cmp_ps_mask(v, _mm512_set1_ps(top), _CMP_NLE_UQ);
+        while (hit) {
+            int l = __builtin_ctz(hit);
+            hit &= hit - 1;
+            float x = row[i + l];
+            if (x != x) return i + l;
+            if (x > top) {
+                top = x;
+                best = i + l;
+            }
+        }
+    }
+    for (; i < V; i++) {
+        float x = row[i];
+        if (x != x) return i;
+        if (x > top) {
+            top = x;
+            best = i;
+        }
+    }
+    return best;
+}
+
+void f32_argmax_rows(const float *logits, int64_t R, int64_t V, int64_t *out, int num_threads) {
+#pragma omp parallel for num_threads(num_threads) if (R > 1)
+    for (int64_t r = 0; r < R; r++) out[r] = V > 0 ? row_argmax(logits + r * V, V) : 0;
 }
