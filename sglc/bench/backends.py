@@ -11,7 +11,6 @@ import json
 import logging
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
@@ -82,6 +81,10 @@ class HFBackend(_ChatTemplateOf, BaseBackend):
                                                           dtype=torch.float32).eval()
         self._init_template(gguf_path)
         self.lock = threading.Lock()
+        with torch.no_grad():  # warm up
+            self.model.generate(self.tok("Hello", return_tensors="pt").input_ids,
+                                max_new_tokens=4, do_sample=False,
+                                pad_token_id=self.tok.eos_token_id)
 
     def generate(self, prompt, params):
         sp, _ = params.to_request()
@@ -126,30 +129,36 @@ class LlamaServerBackend(_ChatTemplateOf, BaseBackend):
                  ctx_per_slot: int = 2048):
         super().__init__()
         self._init_template(gguf_path)
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
         self.slots = slots
-        # (a slot save path only enables the slots' erase action: see flush_cache)
-        self._slot_dir = tempfile.TemporaryDirectory(prefix="sglc-llama-slots-")
-        cmd = [binary, "-m", str(gguf_path), "--port", str(port), "-np", str(slots),
-               "-c", str(slots * ctx_per_slot), "--cont-batching",
-               "--slot-save-path", self._slot_dir.name]
+        self.cmd = [binary, "-m", str(gguf_path), "-np", str(slots),
+                    "-c", str(slots * ctx_per_slot), "--cont-batching"]
         if threads:
-            cmd += ["-t", str(threads)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.cmd += ["-t", str(threads)]
         self.cached = self.evaluated = 0
         self.lock = threading.Lock()
+        self._launch()
+
+    def _launch(self) -> None:
+        """Start a server process, wait for /health, then warm it with one short request that
+        shares nothing with the workloads."""
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        cmd = self.cmd + ["--port", str(port)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(600):
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
                     if json.loads(r.read()).get("status") == "ok":
-                        return
+                        break
             except OSError:
                 pass
             if self.proc.poll() is not None:
                 raise RuntimeError(f"llama-server exited ({self.proc.returncode}): {cmd}")
             time.sleep(0.2)
-        raise RuntimeError("llama-server did not become healthy")
+        else:
+            raise RuntimeError("llama-server did not become healthy")
+        self._complete({"prompt": "Hello", "n_predict": 4, "temperature": 0.0,
+                        "cache_prompt": False})
 
     def _complete(self, body: dict) -> dict:
         req = urllib.request.Request(self.url + "/completion", data=json.dumps(body).encode(),
@@ -186,12 +195,12 @@ class LlamaServerBackend(_ChatTemplateOf, BaseBackend):
         return self.cached / max(1, self.cached + self.evaluated)
 
     def flush_cache(self) -> None:
-        """Empty every slot's cached prompt (between repeated runs: each starts cold)."""
-        for i in range(self.slots):
-            req = urllib.request.Request(f"{self.url}/slots/{i}?action=erase", data=b"{}",
-                                         headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=60) as r:
-                r.read()
+        """Start over from a fresh server process (between repeated runs: each starts cold).
+        Erasing the slots is not enough: the server also keeps finished prompts in a RAM
+        prompt cache (`--cache-ram`), which would let a repeat reuse the previous run's
+        prompts whole."""
+        self.shutdown()
+        self._launch()
 
     def shutdown(self) -> None:
         self.proc.terminate()
@@ -199,7 +208,7 @@ class LlamaServerBackend(_ChatTemplateOf, BaseBackend):
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-        self._slot_dir.cleanup()
+            self.proc.wait()
 
 
 class LlamaCppPythonBackend(_ChatTemplateOf, BaseBackend):
@@ -214,6 +223,12 @@ class LlamaCppPythonBackend(_ChatTemplateOf, BaseBackend):
         self._init_template(gguf_path)
         self.llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, verbose=False)
         self.lock = threading.Lock()
+        self.llm.create_completion("Hello", max_tokens=4, temperature=0.0)  # warm up
+
+    def flush_cache(self) -> None:
+        """Forget the previous call's tokens (its prefix reuse), so a repeat starts cold."""
+        with self.lock:
+            self.llm.reset()
 
     def generate(self, prompt, params):
         sp, _ = params.to_request()

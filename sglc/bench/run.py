@@ -137,7 +137,7 @@ def worker(system: str, args) -> dict:
 
 def _timed_run(system: str, name: str, runner, batch, backend, engine) -> dict:
     """One timed run of a workload's programs, every cache emptied first (sglc's radix cache,
-    llama-server's slots: each run starts cold)."""
+    a fresh llama-server process, llama-cpp-python's context: each run starts cold)."""
     if engine is not None:
         engine.flush_cache()
         backend.log.clear()
