@@ -236,7 +236,7 @@ def plot(path: Path, results: dict, workloads: list[str], systems: list[str]) ->
     ax.set_xticklabels(workloads, rotation=30, ha="right")
     ax.set_ylabel("throughput / best system")
     ax.set_title("sglc bench: normalized programs/s per workload")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
