@@ -191,9 +191,11 @@ def _available(system: str, args) -> str | None:
 def _machine() -> dict:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor()) \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "python": platform.python_version()}
@@ -283,7 +285,7 @@ def main(args: argparse.Namespace) -> int:
                 [x for w in args.workloads for x in ("--workload", w)] + \
                 (["--model-path", args.model_path] if args.model_path else []) + \
                 (["--llama-server", args.llama_server] if args.llama_server else [])
-            proc = subprocess.run(cmd)
+            proc = subprocess.run(cmd, check=False)
             if proc.returncode != 0:
                 skipped[system] = f"its worker failed (exit {proc.returncode}); see above"
                 print(f"FAILED {system}", file=sys.stderr, flush=True)
