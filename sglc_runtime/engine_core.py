@@ -123,10 +123,10 @@ class EngineCore:
                      logits: torch.Tensor) -> None:
         """Record input logprobs; the requests whose pending tokens are all computed now
         sample their next token (and may finish)."""
-        if rows.lp_spans:
-            all_lp = torch.log_softmax(logits.cpu(), dim=-1)
+        if rows.lp_spans:  # (per request: a span's rows stay in cache, not a (R, V) copy)
+            host = logits.cpu()
             for r, at, pos, cnt in rows.lp_spans:
-                record_input_logprobs(r, all_lp[at:at + cnt], pos)
+                record_input_logprobs(r, torch.log_softmax(host[at:at + cnt], dim=-1), pos)
         to_sample = [r for r in batch.reqs if r.num_pending == 0]
         assert len(to_sample) == len(rows.sample), "a sampled request has no logit row"
         self._stats(batch)

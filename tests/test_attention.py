@@ -53,11 +53,11 @@ def test_attend_in_query_chunks_is_the_same(monkeypatch):
         torch.testing.assert_close(a, b)
 
 
-def _setup(contiguous_prefix: bool, seed: int):
+def _setup(contiguous_prefix: bool, seed: int, hd: int = HD, dtype=torch.float32):
     """A pool whose first requests share a cached prefix of P slots, each with its own
     cached tokens after it."""
     rng = random.Random(seed)
-    pool = TokenToKVPool(400, 1, N_KV, HD, torch.float32, "cpu")
+    pool = TokenToKVPool(400, 1, N_KV, hd, dtype, "cpu")
     pool.k_buffer[0][1:].normal_()
     pool.v_buffer[0][1:].normal_()
     free = list(range(1, 401))
@@ -103,6 +103,66 @@ def test_cascade_equals_per_request_attention(contiguous_prefix, extend_lens, im
             assert isinstance(fb.attn.shared_kv, slice) == contiguous_prefix
         outs.append(paged_attention(0, q, k, v, fb, pool, HD ** -0.5))
     torch.testing.assert_close(outs[0], outs[1], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extend_lens", [[1, 1, 1, 1], [5, 1, 7, 1]])
+def test_cascade_own_keys_through_the_cpu_decode_kernel(extend_lens, any_cascade):
+    """bf16: the one-token rows' own keys through the C kernel (float32 out + log-sum-exp),
+    merged with the shared prefix, equal the cascade without it and plain attention."""
+    from sglc_runtime.kernels import cpu_kernels
+
+    if not cpu_kernels.cpu_kernels_available():
+        pytest.skip("no AVX-512-BF16 CPU or no C compiler: the CPU decode kernel is not built")
+    hd = 64
+    pool, table, reqs, free = _setup(False, seed=len(extend_lens), hd=hd, dtype=torch.bfloat16)
+    T = sum(extend_lens)
+    out_loc = torch.tensor(free[:T])
+    g = torch.Generator().manual_seed(T)
+    q, k, v = (torch.randn(T, n, hd, generator=g).bfloat16() for n in (N_Q, N_KV, N_KV))
+    is_decode = all(n == 1 for n in extend_lens)
+    calls = []
+    real = cpu_kernels.cpu_decode_attention_lse
+
+    def counted(*a):
+        calls.append(a[0].shape[0])
+        return real(*a)
+
+    from sglc_runtime.attention import backend
+    outs = {}
+    for name, cascade, kernel in (("kernel", True, True), ("torch", True, False),
+                                  ("plain", False, False)):
+        att = TorchAttention("sdpa", cpu_kernel=kernel, heads=(N_Q, N_KV, hd))
+        fb = build_forward_batch(table.clone(), is_decode, reqs, extend_lens, out_loc, "cpu",
+                                 cascade=cascade, attention=att)
+        assert bool(fb.attn.shared_len) == cascade
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(backend, "cpu_decode_attention_lse", counted)
+            outs[name] = paged_attention(0, q, k, v, fb, pool, hd ** -0.5).float()
+    assert calls == [T]  # every row is a one-token row here, all through the kernel
+    torch.testing.assert_close(outs["kernel"], outs["torch"], atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(outs["kernel"], outs["plain"], atol=1e-2, rtol=1e-2)
+
+
+def test_cpu_decode_kernel_log_sum_exp_matches_reference():
+    from sglc_runtime.kernels import cpu_kernels
+
+    if not cpu_kernels.cpu_kernels_available():
+        pytest.skip("no AVX-512-BF16 CPU or no C compiler: the CPU decode kernel is not built")
+    g = torch.Generator().manual_seed(3)
+    b, n_q, n_kv, hd, L = 5, 9, 3, 64, 300
+    kb, vb = (torch.randn(700, n_kv, hd, generator=g).bfloat16() for _ in range(2))
+    q = torch.randn(b, n_q, hd, generator=g).bfloat16()
+    idx = torch.randint(1, 700, (b, L), generator=g)
+    lens = torch.tensor([300, 1, 77, 150, 2])
+    out, lse = cpu_kernels.cpu_decode_attention_lse(q, kb, vb, idx, lens, hd ** -0.5)
+    for i in range(b):
+        keys = kb[idx[i, :lens[i]]].float().repeat_interleave(n_q // n_kv, 1)  # (l, n_q, hd)
+        vals = vb[idx[i, :lens[i]]].float().repeat_interleave(n_q // n_kv, 1)
+        s = torch.einsum("hd,lhd->hl", q[i].float(), keys) * hd ** -0.5
+        torch.testing.assert_close(lse[i], s.logsumexp(-1), atol=1e-4, rtol=1e-5)
+        ref = torch.einsum("hl,lhd->hd", s.softmax(-1), vals)
+        torch.testing.assert_close(out[i], ref, atol=1e-4, rtol=1e-4)
+    assert out.dtype == lse.dtype == torch.float32
 
 
 @pytest.mark.parametrize("impl", ["matmul", "sdpa"])

@@ -9,6 +9,7 @@ import torch
 
 from ..kernels.cpu_kernels import (
     cpu_decode_attention,
+    cpu_decode_attention_lse,
     cpu_decode_shape_ok,
     cpu_decode_supports,
     cpu_kernels_available,
@@ -119,7 +120,10 @@ class TorchAttention(AttentionBackend):
             pool.set_kv(layer, fb.out_cache_loc, k, v)
         kbuf, vbuf, md = pool.k_buffer[layer], pool.v_buffer[layer], fb.attn
         if md.shared_len:
-            return torch_attention.cascade(q, kbuf, vbuf, md, fb.is_decode, scale, self.impl)
+            own = cpu_decode_attention_lse if self.cpu_kernel and \
+                cpu_decode_supports(q, kbuf) and md.kv_lens is not None else None
+            return torch_attention.cascade(q, kbuf, vbuf, md, fb.is_decode, scale, self.impl,
+                                           own)
         if fb.is_decode:
             return self.decode(q, kbuf, vbuf, md, scale)
         return torch_attention.extend(q, kbuf, vbuf, md, fb.prefix_lens, fb.extend_lens, scale,

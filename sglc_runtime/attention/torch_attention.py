@@ -253,10 +253,12 @@ def _causal(q, keys, vals, prefix: int, scale: float, impl: str) -> torch.Tensor
 
 
 def cascade(q, kbuf, vbuf, md: AttentionMetadata, is_decode: bool, scale: float,
-            impl: str) -> torch.Tensor:
+            impl: str, own_kernel=None) -> torch.Tensor:
     """Shared prefix (md.shared_kv) once for all T queries, then each request's own keys
-    (positions shared_len.. of its sequence), merged by log-sum-exp."""
-    dtype = q.dtype
+    (positions shared_len.. of its sequence), merged by log-sum-exp. `own_kernel(q, kbuf,
+    vbuf, kv_indices, kv_lens, scale) -> (out, lse)` in float32, where given, attends the
+    one-token rows' own keys in place (the CPU decode kernel) instead of gathering them."""
+    dtype, q16 = q.dtype, q
     if not is_decode and _prefill_in_float32(q, impl):
         q = q.float()
 
@@ -270,10 +272,14 @@ def cascade(q, kbuf, vbuf, md: AttentionMetadata, is_decode: bool, scale: float,
     if md.padded_kv_indices is not None:  # the one-token requests, in one padded call
         rows = md.padded_rows if md.padded_rows is not None else slice(None)
         idx = md.padded_kv_indices  # (b, L_own)
-        mask = None if md.kv_mask is None else md.kv_mask[:, 0]
-        o, lse = attend(q[rows].unsqueeze(1), kv(kbuf, idx), kv(vbuf, idx), scale, mask,
-                        impl=impl)
-        o_own[rows], lse_own[rows] = o[:, 0], lse[:, 0]
+        if own_kernel is not None:
+            o, lse = own_kernel(q16[rows], kbuf, vbuf, idx, md.kv_lens, scale)
+            o_own[rows], lse_own[rows] = o.to(q.dtype), lse
+        else:
+            mask = None if md.kv_mask is None else md.kv_mask[:, 0]
+            o, lse = attend(q[rows].unsqueeze(1), kv(kbuf, idx), kv(vbuf, idx), scale, mask,
+                            impl=impl)
+            o_own[rows], lse_own[rows] = o[:, 0], lse[:, 0]
     if md.ext_q_rows is not None:  # the extending requests, padded into one call
         idx = md.ext_kv
         o, lse = attend(q[md.ext_q_rows], kv(kbuf, idx), kv(vbuf, idx), scale,

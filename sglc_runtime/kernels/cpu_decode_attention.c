@@ -7,7 +7,8 @@
  *
  * q: (b, n_q, hd); k, v: pool rows of `kv_row` elements ((n_kv, hd) each, head h at h * hd);
  * idx: (b, idx_stride) slot of each position, the first lens[i] used; out: (b, n_q, hd).
- * hd must be a multiple of 32 and at most 256; n_q at most 64. */
+ * hd must be a multiple of 32 and at most 256; n_q at most 64. bf16_decode_attention_lse
+ * writes float32 outputs and each head's log-sum-exp instead (a cascade's merge needs both). */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -79,8 +80,8 @@ static inline __attribute__((always_inline)) void values64(
 
 /* the query heads j0 .. j0 + g - 1 of KV head h over one request's keys */
 static void one_kv_head(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                        const int64_t *slots, int64_t len, uint16_t *out, int h, int g,
-                        int hd, int64_t kv_row, float scale) {
+                        const int64_t *slots, int64_t len, uint16_t *out, float *out32,
+                        float *lse, int h, int g, int hd, int64_t kv_row, float scale) {
     int nv = hd / 32, off = h * hd;
     __m512bh qv[MAX_HEADS][MAX_HD / 32];
     float s[MAX_HEADS][BLOCK + 16] __attribute__((aligned(64)));
@@ -171,24 +172,30 @@ static void one_kv_head(const uint16_t *q, const uint16_t *k, const uint16_t *v,
     }
     for (int jj = 0; jj < g; jj++) {
         float inv = l[jj] > 0.0f ? 1.0f / l[jj] : 0.0f;
-        for (int d = 0; d < hd; d++) out[jj * hd + d] = f32_to_bf16(acc[jj][d] * inv);
+        if (out32)
+            for (int d = 0; d < hd; d++) out32[jj * hd + d] = acc[jj][d] * inv;
+        else
+            for (int d = 0; d < hd; d++) out[jj * hd + d] = f32_to_bf16(acc[jj][d] * inv);
+        if (lse) lse[jj] = l[jj] > 0.0f ? m[jj] + logf(l[jj]) : -INFINITY;
     }
 }
 
 /* one request's query heads j = h0 * g .. h1 * g - 1, those of KV heads h0 .. h1 - 1 */
 static void one_request(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                        const int64_t *slots, int64_t len, uint16_t *out, int h0, int h1,
-                        int n_q, int n_kv, int hd, int64_t kv_row, float scale) {
+                        const int64_t *slots, int64_t len, uint16_t *out, float *out32,
+                        float *lse, int h0, int h1, int n_q, int n_kv, int hd, int64_t kv_row,
+                        float scale) {
     int g = n_q / n_kv;
     for (int h = h0; h < h1; h++)
-        one_kv_head(q + h * g * hd, k, v, slots, len, out + h * g * hd, h, g, hd, kv_row,
-                    scale);
+        one_kv_head(q + h * g * hd, k, v, slots, len, out ? out + h * g * hd : NULL,
+                    out32 ? out32 + h * g * hd : NULL, lse ? lse + h * g : NULL, h, g, hd,
+                    kv_row, scale);
 }
 
-int bf16_decode_attention(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                          const int64_t *idx, int64_t idx_stride, const int64_t *lens,
-                          uint16_t *out, int b, int n_q, int n_kv, int hd, int64_t kv_row,
-                          float scale, int num_threads) {
+static int decode_attention(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                            const int64_t *idx, int64_t idx_stride, const int64_t *lens,
+                            uint16_t *out, float *out32, float *lse, int b, int n_q, int n_kv,
+                            int hd, int64_t kv_row, float scale, int num_threads) {
     if (hd % 32 || hd > MAX_HD || n_q > MAX_HEADS || n_q % n_kv) return -1;
     /* a task is a request's KV heads, all of them unless there are fewer requests than
      * threads (then one head each, so a single request still uses every core) */
@@ -196,8 +203,28 @@ int bf16_decode_attention(const uint16_t *q, const uint16_t *k, const uint16_t *
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
     for (int task = 0; task < b * split; task++) {
         int i = task / split, h0 = (task % split) * per;
-        one_request(q + (int64_t)i * n_q * hd, k, v, idx + (int64_t)i * idx_stride, lens[i],
-                    out + (int64_t)i * n_q * hd, h0, h0 + per, n_q, n_kv, hd, kv_row, scale);
+        int64_t o = (int64_t)i * n_q * hd;
+        one_request(q + o, k, v, idx + (int64_t)i * idx_stride, lens[i], out ? out + o : NULL,
+                    out32 ? out32 + o : NULL, lse ? lse + (int64_t)i * n_q : NULL, h0,
+                    h0 + per, n_q, n_kv, hd, kv_row, scale);
     }
     return 0;
+}
+
+int bf16_decode_attention(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                          const int64_t *idx, int64_t idx_stride, const int64_t *lens,
+                          uint16_t *out, int b, int n_q, int n_kv, int hd, int64_t kv_row,
+                          float scale, int num_threads) {
+    return decode_attention(q, k, v, idx, idx_stride, lens, out, NULL, NULL, b, n_q, n_kv, hd,
+                            kv_row, scale, num_threads);
+}
+
+/* The same, for a cascade's own-keys part: out32 (b, n_q, hd) float32, unrounded, and
+ * lse (b, n_q) float32, the log-sum-exp of each head's scaled scores (-inf with no keys). */
+int bf16_decode_attention_lse(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                              const int64_t *idx, int64_t idx_stride, const int64_t *lens,
+                              float *out32, float *lse, int b, int n_q, int n_kv, int hd,
+                              int64_t kv_row, float scale, int num_threads) {
+    return decode_attention(q, k, v, idx, idx_stride, lens, NULL, out32, lse, b, n_q, n_kv, hd,
+                            kv_row, scale, num_threads);
 }

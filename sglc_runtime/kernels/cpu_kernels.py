@@ -43,6 +43,8 @@ _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES = {
     "bf16_decode_attention": ([_P, _P, _P, _P, _I64, _P, _P, _I, _I, _I, _I, _I64,
                                ctypes.c_float, _I], ctypes.c_int),
+    "bf16_decode_attention_lse": ([_P, _P, _P, _P, _I64, _P, _P, _P, _I, _I, _I, _I, _I64,
+                                   ctypes.c_float, _I], ctypes.c_int),
     "bf16_rms_norm": ([_P, _I64, _P, _P, _I64, _I64, _I, ctypes.c_float, _P, _P, _I], None),
     "bf16_rope_store": ([_P, _I64, _I64, _I, _I, _I, _P, _P, _P, _P, _P, _I64, _I64, _P, _I],
                         ctypes.c_int),
@@ -212,6 +214,28 @@ def cpu_decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tens
         torch.get_num_threads())
     assert rc == 0, "cpu_decode_attention: unsupported shapes (check cpu_decode_supports)"
     return out
+
+
+def cpu_decode_attention_lse(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+                             kv_indices: torch.Tensor, kv_lens: torch.Tensor,
+                             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`cpu_decode_attention`'s attention with float32 results for a cascade's merge: the
+    output (b, n_q, hd), unrounded, and each head's log-sum-exp of scaled scores (b, n_q)."""
+    b, n_q, hd = q.shape
+    assert k_buf.stride()[1:] == (hd, 1) and v_buf.stride() == k_buf.stride(), "pool layout"
+    q = q.contiguous()
+    idx = kv_indices.to(torch.int64)
+    idx = idx if idx.stride(1) == 1 else idx.contiguous()
+    lens = kv_lens.to(torch.int64).contiguous()
+    assert not b or int(lens.max()) <= idx.shape[1], "kv_lens longer than kv_indices"
+    out = torch.empty(b, n_q, hd, dtype=torch.float32)
+    lse = torch.empty(b, n_q, dtype=torch.float32)
+    rc = _library().bf16_decode_attention_lse(
+        q.data_ptr(), k_buf.data_ptr(), v_buf.data_ptr(), idx.data_ptr(), idx.stride(0),
+        lens.data_ptr(), out.data_ptr(), lse.data_ptr(), b, n_q, k_buf.shape[1], hd,
+        k_buf.stride(0), scale, torch.get_num_threads())
+    assert rc == 0, "cpu_decode_attention_lse: unsupported shapes (check cpu_decode_supports)"
+    return out, lse
 
 
 def cpu_rms_norm_supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
