@@ -19,8 +19,8 @@ import torch
 
 from ..kernels.cpu_kernels import (
     cpu_decode_shape_ok,
-    cpu_decoder_forward,
     cpu_decoder_available,
+    cpu_decoder_forward,
 )
 from .int4 import Int4DecodeLinear
 
