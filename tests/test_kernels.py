@@ -134,33 +134,33 @@ def test_cpu_decode_kernel_is_what_the_torch_backend_uses_for_bf16_decode():
 
 def test_cpu_kernels_without_a_compiler_or_a_writable_cache_stay_on_pytorch(monkeypatch,
                                                                              tmp_path, caplog):
-    from sglc_runtime.kernels import cpu_kernels
+    from sglc_runtime.kernels import cpu_kernels, kernel_build
 
-    cc = cpu_kernels._compiler()
+    cc = kernel_build.compiler()
     if cc is None:
         pytest.skip("no C compiler")
     (tmp_path / "file").write_text("not a folder")
     with caplog.at_level("WARNING"):  # the cache folder cannot be made: a warning, no raise
-        assert cpu_kernels._build(tmp_path / "file" / "kernels" / "k.so",
+        assert kernel_build.build(tmp_path / "file" / "kernels" / "k.so",
                                   cpu_kernels._SOURCES, cc[0]) is False
     assert "could not build" in caplog.text
-    monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: None)
-    cpu_kernels._compiler.cache_clear()
+    monkeypatch.setattr(kernel_build.shutil, "which", lambda name: None)
+    kernel_build.compiler.cache_clear()
     try:
-        assert cpu_kernels._compiler() is None
-        monkeypatch.setattr(cpu_kernels, "_cpu_flags", lambda: set(cpu_kernels._NEEDS))
-        monkeypatch.setattr(cpu_kernels.platform, "system", lambda: "Linux")
-        monkeypatch.setattr(cpu_kernels.platform, "machine", lambda: "x86_64")
+        assert kernel_build.compiler() is None
+        monkeypatch.setattr(kernel_build, "cpu_flags", lambda: set(kernel_build._NEEDS))
+        monkeypatch.setattr(kernel_build.platform, "system", lambda: "Linux")
+        monkeypatch.setattr(kernel_build.platform, "machine", lambda: "x86_64")
         with caplog.at_level("WARNING"):
-            assert cpu_kernels._load("k", cpu_kernels._SOURCES, {}) is None
+            assert kernel_build.load("k", cpu_kernels._SOURCES, {}) is None
         assert "no C compiler" in caplog.text
     finally:
-        cpu_kernels._compiler.cache_clear()
+        kernel_build.compiler.cache_clear()
 
 
 def _fake_compilers(monkeypatch, versions: dict[str, str]):
     """shutil.which and `--version` answering for the named fake compilers only."""
-    from sglc_runtime.kernels import cpu_kernels
+    from sglc_runtime.kernels import kernel_build
 
     def which(name):
         return f"/fake/{name}" if name in versions else None
@@ -169,55 +169,55 @@ def _fake_compilers(monkeypatch, versions: dict[str, str]):
         assert cmd[-1] == "--version"
         return subprocess.CompletedProcess(cmd, 0, versions[Path(cmd[0]).name] + "\nmore\n", "")
 
-    monkeypatch.setattr(cpu_kernels.shutil, "which", which)
-    monkeypatch.setattr(cpu_kernels.subprocess, "run", run)
-    cpu_kernels._compiler.cache_clear()
+    monkeypatch.setattr(kernel_build.shutil, "which", which)
+    monkeypatch.setattr(kernel_build.subprocess, "run", run)
+    kernel_build.compiler.cache_clear()
 
 
 def test_cpu_kernels_compiler_takes_cc_with_arguments_and_avoids_clangs_openmp(monkeypatch,
                                                                                caplog):
-    from sglc_runtime.kernels import cpu_kernels
+    from sglc_runtime.kernels import kernel_build
 
     try:
         _fake_compilers(monkeypatch, {"ccache": "ccache version 4.9", "gcc": "gcc (GCC) 13.2"})
         monkeypatch.setenv("CC", "ccache gcc -pipe")
-        assert cpu_kernels._compiler() == (("/fake/ccache", "gcc", "-pipe"), "ccache version 4.9")
+        assert kernel_build.compiler() == (("/fake/ccache", "gcc", "-pipe"), "ccache version 4.9")
         _fake_compilers(monkeypatch, {"clang": "clang version 18.1", "gcc": "gcc (GCC) 13.2"})
         monkeypatch.setenv("CC", "clang")
-        assert cpu_kernels._compiler() == (("/fake/gcc",), "gcc (GCC) 13.2")
+        assert kernel_build.compiler() == (("/fake/gcc",), "gcc (GCC) 13.2")
         _fake_compilers(monkeypatch, {"clang": "clang version 18.1"})
         with caplog.at_level("WARNING"):
-            assert cpu_kernels._compiler() == (("/fake/clang",), "clang version 18.1")
+            assert kernel_build.compiler() == (("/fake/clang",), "clang version 18.1")
         assert "libomp" in caplog.text
     finally:
-        cpu_kernels._compiler.cache_clear()
+        kernel_build.compiler.cache_clear()
 
 
 def test_cpu_kernels_cache_key_covers_the_compiler_and_old_builds_go(monkeypatch, tmp_path):
     from sglc_runtime import model_source
-    from sglc_runtime.kernels import cpu_kernels
+    from sglc_runtime.kernels import cpu_kernels, kernel_build
 
     built = []
 
     def fake_build(out, sources, cc):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(b"")
-        cpu_kernels._remove_stale(out)
+        kernel_build.remove_stale(out)
         built.append(out.name)
         return True
 
     monkeypatch.setattr(model_source, "cache_dir", lambda: tmp_path)
-    monkeypatch.setattr(cpu_kernels, "_cpu_flags", lambda: set(cpu_kernels._NEEDS))
-    monkeypatch.setattr(cpu_kernels.platform, "system", lambda: "Linux")
-    monkeypatch.setattr(cpu_kernels.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(cpu_kernels, "_build", fake_build)
-    monkeypatch.setattr(cpu_kernels.ctypes, "CDLL", lambda path: path)
+    monkeypatch.setattr(kernel_build, "cpu_flags", lambda: set(kernel_build._NEEDS))
+    monkeypatch.setattr(kernel_build.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(kernel_build.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(kernel_build, "build", fake_build)
+    monkeypatch.setattr(kernel_build.ctypes, "CDLL", lambda path: path)
     (tmp_path / "kernels").mkdir()
     (tmp_path / "kernels" / "cpu_q4_linear_0123.so").write_bytes(b"")  # another library's
     (tmp_path / "kernels" / "cpu_amx_0123.so").write_bytes(b"")  # an earlier version's
     for version in ("gcc 12", "gcc 13", "gcc 13"):
-        monkeypatch.setattr(cpu_kernels, "_compiler", lambda v=version: (("/x/cc",), v))
-        cpu_kernels._load("cpu_kernels", cpu_kernels._SOURCES, {})
+        monkeypatch.setattr(kernel_build, "compiler", lambda v=version: (("/x/cc",), v))
+        kernel_build.load("cpu_kernels", cpu_kernels._SOURCES, {})
     assert len(built) == 2 and built[0] != built[1]  # a new compiler, a new build; then cached
     assert sorted(p.name for p in (tmp_path / "kernels").iterdir()) == \
         sorted([built[1], "cpu_q4_linear_0123.so"])

@@ -2,9 +2,8 @@
 KV pool in place (`cpu_decode_attention.c`), RMSNorm (`cpu_rms_norm.c`), RoPE with the K/V
 store (`cpu_rope_store.c`), SwiGLU (`cpu_silu_mul.c`) and, where AMX runs too, linears over
 4-bit and 8-bit weights (`cpu_q4_linear.c`, a library of its own, `cpu_q4_linear_available()`).
-Compiled once per machine with the system C compiler into the sglc cache (explicit AVX-512 flags, never
--march=native, which can fault on VMs that advertise AMX), loaded with ctypes and called on
-tensors' data pointers. Where the CPU lacks the instructions, or no compiler or no writable
+Built once per machine by `kernel_build.py`, loaded with ctypes and called on tensors' data
+pointers. Where the CPU lacks the instructions, or no compiler or no writable
 cache is there, `cpu_kernels_available()` is False and the PyTorch paths run. References:
 `decode_attention_ref` (decode_attention.py) and `LlamaRMSNorm`'s PyTorch path (model/llama.py).
 """
@@ -13,18 +12,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
-import os
-import platform
-import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .kernel_build import cpu_flags, load
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +30,6 @@ _SOURCES = tuple(_HERE / f for f in ("cpu_decode_attention.c", "cpu_rms_norm.c",
 # a library of its own: a compiler without AMX intrinsics (GCC < 11) loses only this one;
 # it holds the other kernels too, for the decoder driver (cpu_decoder.c) that runs them all
 _Q4_SOURCES = (_HERE / "cpu_q4_linear.c", _HERE / "cpu_decoder.c", *_SOURCES)
-_HEADERS = (_HERE / "bf16.h", _HERE / "exp512.h", _HERE / "cpu_kernels.h")  # (cache key too)
-_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma",
-          "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
-_NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "fma"}
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES = {
     "bf16_decode_attention": ([_P, _P, _P, _P, _I64, _P, _P, _I, _I, _I, _I, _I64,
@@ -64,116 +55,14 @@ _Q4_SIGNATURES = {
 }
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-@functools.cache
-def _compiler() -> tuple[tuple[str, ...], str] | None:
-    """The C compiler's command (`CC` may carry arguments: "ccache gcc") and its version line
-    (part of the build's cache key), or None. Clang is passed over for gcc where gcc exists:
-    its -fopenmp links LLVM's libomp, a second OpenMP runtime beside the libgomp torch loads."""
-    def probe(cmd: list[str]):
-        exe = shutil.which(cmd[0]) if cmd else None
-        if exe is None:
-            return None
-        try:
-            v = subprocess.run([exe, *cmd[1:], "--version"], capture_output=True, text=True,
-                               timeout=30, check=False).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return (exe, *cmd[1:]), (v.splitlines() or ["?"])[0].strip()
-
-    found = probe(shlex.split(os.environ.get("CC", "cc"))) or probe(["gcc"])
-    if found is not None and "clang" in found[1].lower():
-        gcc = probe(["gcc"])
-        if gcc is not None and "clang" not in gcc[1].lower():
-            logger.info("building the CPU kernels with %s, not %s (clang's OpenMP runtime "
-                        "would be a second one beside torch's libgomp)", gcc[1], found[1])
-            return gcc
-        logger.warning("building the CPU kernels with %s: its OpenMP runtime (libomp) will run "
-                       "beside torch's libgomp; set CC=gcc where gcc is installed", found[1])
-    return found
-
-
-def _build(out: Path, sources: tuple[Path, ...], cc: tuple[str, ...]) -> bool:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            so = Path(tmp) / out.name
-            proc = subprocess.run([*cc, *_FLAGS, *map(str, sources), "-o", str(so), "-lm"],
-                                  capture_output=True, text=True, check=False, timeout=300)
-            if proc.returncode == 0:
-                os.replace(so, out)  # atomic: engines building at once each see a whole file
-                _remove_stale(out)
-                return True
-    except (OSError, subprocess.SubprocessError) as e:
-        logger.warning("could not build the CPU kernels %s into %s (%s): they stay on PyTorch",
-                       out.stem, out.parent, e)
-        return False
-    logger.warning("the CPU kernels %s did not compile (%s): they stay on PyTorch", out.stem,
-                   (proc.stderr.strip().splitlines() or ["?"])[-1])
-    return False
-
-
-_OLD_STEMS = ("cpu_amx",)  # libraries of earlier versions, under names no longer built
-
-
-def _remove_stale(out: Path) -> None:
-    """Delete this library's older builds (other sources, flags or compilers). A process that
-    has one loaded keeps its mapping; an older install sharing the cache rebuilds its own."""
-    stem = out.name.rsplit("_", 1)[0]
-    for old in out.parent.glob("*.so"):
-        if old != out and old.name.rsplit("_", 1)[0] in (stem, *_OLD_STEMS):
-            try:
-                old.unlink()
-            except OSError:
-                pass
-
-
-def _load(stem: str, sources: tuple[Path, ...], signatures: dict):
-    """The library of `sources`, built once per machine into the sglc cache; None where the
-    CPU, a compiler or the cache is missing. The cache key covers the sources, the headers,
-    the flags and the compiler's version line."""
-    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64") \
-            or not _NEEDS <= _cpu_flags() or not all(p.is_file() for p in sources + _HEADERS):
-        return None
-    from ..model_source import cache_dir
-
-    cc = _compiler()
-    if cc is None:
-        logger.warning("no C compiler found (set CC): the CPU kernels stay on PyTorch")
-        return None
-    text = b"".join(p.read_bytes() for p in sources + _HEADERS) + \
-        " ".join(_FLAGS).encode() + b"\0" + cc[1].encode()
-    out = cache_dir() / "kernels" / f"{stem}_{hashlib.sha256(text).hexdigest()[:16]}.so"
-    if not out.exists() and not _build(out, sources, cc[0]):
-        return None
-    try:
-        lib = ctypes.CDLL(str(out))
-    except OSError as e:
-        logger.warning("could not load %s (%s): the CPU kernels stay on PyTorch", out, e)
-        return None
-    for name, (args, res) in signatures.items():
-        getattr(lib, name).argtypes, getattr(lib, name).restype = args, res
-    return lib
-
-
 @functools.cache
 def _library():
-    return _load("cpu_kernels", _SOURCES, _SIGNATURES)
+    return load("cpu_kernels", _SOURCES, _SIGNATURES)
 
 
 @functools.cache
 def _q4_library():
-    return _load("cpu_q4_linear", _Q4_SOURCES, _Q4_SIGNATURES)
+    return load("cpu_q4_linear", _Q4_SOURCES, _Q4_SIGNATURES)
 
 
 def cpu_kernels_available() -> bool:
@@ -194,6 +83,17 @@ def cpu_decode_supports(q: torch.Tensor, k_buf: torch.Tensor) -> bool:
             and cpu_kernels_available())
 
 
+def _decode_inputs(q, k_buf, v_buf, kv_indices, kv_lens):
+    """The decode kernels' q, slot table and lengths as they read them (contiguous int64)."""
+    hd = q.shape[2]
+    assert k_buf.stride()[1:] == (hd, 1) and v_buf.stride() == k_buf.stride(), "pool layout"
+    idx = kv_indices.to(torch.int64)
+    idx = idx if idx.stride(1) == 1 else idx.contiguous()
+    lens = kv_lens.to(torch.int64).contiguous()
+    assert not q.shape[0] or int(lens.max()) <= idx.shape[1], "kv_lens longer than kv_indices"
+    return q.contiguous(), idx, lens
+
+
 def cpu_decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
                          kv_indices: torch.Tensor, kv_lens: torch.Tensor,
                          scale: float) -> torch.Tensor:
@@ -201,12 +101,7 @@ def cpu_decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tens
     kv_lens[i] of row i are read); kv_lens: (b,). Returns (b, n_q, hd) bfloat16. Check
     `cpu_decode_supports` first."""
     b, n_q, hd = q.shape
-    assert k_buf.stride()[1:] == (hd, 1) and v_buf.stride() == k_buf.stride(), "pool layout"
-    q = q.contiguous()
-    idx = kv_indices.to(torch.int64)
-    idx = idx if idx.stride(1) == 1 else idx.contiguous()
-    lens = kv_lens.to(torch.int64).contiguous()
-    assert not b or int(lens.max()) <= idx.shape[1], "kv_lens longer than kv_indices"
+    q, idx, lens = _decode_inputs(q, k_buf, v_buf, kv_indices, kv_lens)
     out = torch.empty_like(q)
     rc = _library().bf16_decode_attention(
         q.data_ptr(), k_buf.data_ptr(), v_buf.data_ptr(), idx.data_ptr(), idx.stride(0),
@@ -222,12 +117,7 @@ def cpu_decode_attention_lse(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.
     """`cpu_decode_attention`'s attention with float32 results for a cascade's merge: the
     output (b, n_q, hd), unrounded, and each head's log-sum-exp of scaled scores (b, n_q)."""
     b, n_q, hd = q.shape
-    assert k_buf.stride()[1:] == (hd, 1) and v_buf.stride() == k_buf.stride(), "pool layout"
-    q = q.contiguous()
-    idx = kv_indices.to(torch.int64)
-    idx = idx if idx.stride(1) == 1 else idx.contiguous()
-    lens = kv_lens.to(torch.int64).contiguous()
-    assert not b or int(lens.max()) <= idx.shape[1], "kv_lens longer than kv_indices"
+    q, idx, lens = _decode_inputs(q, k_buf, v_buf, kv_indices, kv_lens)
     out = torch.empty(b, n_q, hd, dtype=torch.float32)
     lse = torch.empty(b, n_q, dtype=torch.float32)
     rc = _library().bf16_decode_attention_lse(
@@ -269,7 +159,7 @@ def cpu_q4_linear_available() -> bool:
     """Whether the 4-bit linear runs here: the kernels build, the CPU lists AMX-BF16, Linux
     grants this process the tile state, and a child process multiplied a tile correctly (a VM
     that advertises AMX but faults on it kills only the child)."""
-    if not {"amx_tile", "amx_bf16"} <= _cpu_flags():
+    if not {"amx_tile", "amx_bf16"} <= cpu_flags():
         return False
     lib = _q4_library()
     if lib is None:
