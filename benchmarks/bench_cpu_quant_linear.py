@@ -1,8 +1,9 @@
 """Decode linears per step at the default model's shapes, side by side: the 30 decoder layers'
 four projections (distinct random weights per layer, so they stream from memory as in a real
-step) through oneDNN-packed bf16 linears, torch's packed int4 matmul (the 1-4 row path) and the
-AMX 4-bit kernel (kernels/cpu_q4_linear.c); the LM head bf16 vs the AMX 8-bit path; and the
-C decode attention kernel against gather + SDPA. Interleaved, median of the runs.
+step) through oneDNN-packed bf16 linears, torch's packed int4 matmul and the 4-bit kernel
+(kernels/cpu_q4_linear.c: AMX where it runs, and its AVX-512 path on every AVX-512-BF16 CPU);
+the LM head bf16 vs the kernel's 8-bit path; and the C decode attention kernel against gather +
+SDPA. Interleaved, median of the runs; the machine's CPU is in the result.
 Run: python benchmarks/bench_cpu_quant_linear.py [--reps 7]"""
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from sglc_runtime.kernels.cpu_kernels import (
     cpu_kernels_available,
     cpu_q4_linear,
     cpu_q4_linear_available,
+    cpu_q4_linear_isa,
+    set_cpu_q4_isa,
 )
 from sglc_runtime.kernels.q4_linear import pack_q4, pack_q8, q4_dequantize, q8_dequantize
 from sglc_runtime.model.int4 import Int4DecodeLinear
@@ -29,7 +32,23 @@ from sglc_runtime.model.packed_linear import PackedLinear
 
 PROJ = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # qkv, o, gate_up, down (out, in)
 LAYERS, VOCAB = 30, 49152
-ROWS = [1, 2, 4, 8, 16, 32, 48, 64, 96]
+ROWS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192]
+
+
+def kernel_fns(fn, what: str) -> dict:
+    """The kernel's runs by instruction set: AMX where it runs, AVX-512 everywhere it builds."""
+    if not cpu_q4_linear_available():
+        return {}
+    isas = ["avx512"] if cpu_q4_linear_isa() == "avx512" else ["amx", "avx512"]
+
+    def on(isa):
+        def run():
+            set_cpu_q4_isa(isa)
+            fn()
+        return run
+    fns = {f"{what} kernel ({isa})": on(isa) for isa in isas}
+    set_cpu_q4_isa(isas[0])
+    return fns
 
 
 def bench_decoder(reps: int) -> dict:
@@ -49,8 +68,8 @@ def bench_decoder(reps: int) -> dict:
         xs = {k: torch.randn(rows, k, generator=g).bfloat16() for k in (576, 1536)}
         fns = {"bf16 (oneDNN)": lambda: [p(xs[k]) for n, k, p, _, _ in layers],
                "torch int4": lambda: [i(xs[k]) for n, k, _, i, _ in layers]}
-        if cpu_q4_linear_available():
-            fns["AMX 4-bit"] = lambda: [cpu_q4_linear(xs[k], q, n) for n, k, _, _, q in layers]
+        fns.update(kernel_fns(lambda: [cpu_q4_linear(xs[k], q, n) for n, k, _, _, q in layers],
+                              "4-bit"))
         out[rows] = median_ms(fns, reps)
         print("decoder linears", rows, {k: round(v, 2) for k, v in out[rows].items()}, flush=True)
     return out
@@ -67,8 +86,7 @@ def bench_head(reps: int) -> dict:
     for rows in (1, 16, 64):
         x = torch.randn(rows, 576, generator=g).bfloat16()
         fns = {"bf16 (oneDNN)": lambda: packed(x)}
-        if cpu_q4_linear_available():
-            fns["AMX 8-bit"] = lambda: cpu_q4_linear(x, q8, VOCAB)
+        fns.update(kernel_fns(lambda: cpu_q4_linear(x, q8, VOCAB), "8-bit"))
         out[rows] = median_ms(fns, reps)
         print("LM head", rows, {k: round(v, 2) for k, v in out[rows].items()}, flush=True)
     return out

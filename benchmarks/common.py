@@ -36,7 +36,17 @@ def median_ms(fns: dict, reps: int) -> dict:
 def machine_info() -> dict:
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    from sglc_runtime.kernels.cpu_kernels import cpu_q4_linear_isa
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
+            "q4_kernel": cpu_q4_linear_isa(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(), "cores": os.cpu_count(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

@@ -1,5 +1,6 @@
-"""The 4-bit decode linear (kernels/cpu_q4_linear.c) against its PyTorch reference, and GGUF's
-own 4-bit blocks against gguf-py's dequantization."""
+"""The 4-bit decode linear (kernels/cpu_q4_linear.c) against its PyTorch reference on each of
+its instruction sets (AMX where it runs; AVX-512, forced on an AMX machine too), and GGUF's own
+4-bit blocks against gguf-py's dequantization."""
 
 import gguf
 import numpy as np
@@ -7,7 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from sglc_runtime.kernels.cpu_kernels import cpu_q4_linear, cpu_q4_linear_available
+from sglc_runtime.kernels.cpu_kernels import (
+    cpu_q4_linear,
+    cpu_q4_linear_available,
+    cpu_q4_linear_isa,
+    set_cpu_q4_isa,
+)
 from sglc_runtime.kernels.q4_linear import (
     pack_q4,
     pack_q8,
@@ -20,8 +26,21 @@ from sglc_runtime.kernels.q4_linear import (
 )
 from sglc_runtime.model.int4 import Q4_MAX_ROWS, Int4DecodeLinear, Q8DecodeHead, int4_available
 
-needs_amx = pytest.mark.skipif(not cpu_q4_linear_available(),
-                               reason="the 4-bit kernel needs AMX-BF16 and a C compiler")
+needs_kernel = pytest.mark.skipif(not cpu_q4_linear_available(),
+                                  reason="the 4-bit kernel needs AVX-512-BF16 and a C compiler")
+
+
+@pytest.fixture(params=["amx", "avx512"])
+def isa(request):
+    """The kernel on one instruction set for the test (AMX only where it runs)."""
+    if not cpu_q4_linear_available():
+        pytest.skip("the 4-bit kernel needs AVX-512-BF16 and a C compiler")
+    before = cpu_q4_linear_isa()
+    if set_cpu_q4_isa(request.param) != request.param:
+        set_cpu_q4_isa(before)
+        pytest.skip(f"{request.param} does not run here")
+    yield request.param
+    set_cpu_q4_isa(before)
 
 
 def random_blocks(type_name: str, rows: int, k: int, seed: int = 0) -> np.ndarray:
@@ -67,10 +86,9 @@ def test_packing_keeps_every_code_scale_and_offset():
     assert p[1, 0, 65].item() == codes[16, 1].item() | codes[24, 1].item() << 4
 
 
-@needs_amx
-@pytest.mark.parametrize("rows", [1, 5, 16, 17, 40, 64, 65, 130])
+@pytest.mark.parametrize("rows", [1, 5, 6, 7, 16, 17, 40, 64, 65, 130])
 @pytest.mark.parametrize("n,k", [(16, 32), (48, 96), (192, 576)])
-def test_q4_kernel_matches_reference(rows, n, k):
+def test_q4_kernel_matches_reference(isa, rows, n, k):
     codes, d, m = random_q4(n, k, seed=rows)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(1)).bfloat16()
     ref = q4_linear_ref(x, codes, d, m).float()
@@ -80,8 +98,41 @@ def test_q4_kernel_matches_reference(rows, n, k):
     assert torch.allclose(out.float(), ref, rtol=2 ** -7, atol=1e-3 * ref.abs().max().item())
 
 
-@needs_amx
-def test_q4_kernel_reads_strided_rows():
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it(isa, bits):
+    """Deterministic inference rests on this: each output sums its products in one order at
+    any row count (AMX's row tiles and pair mode, AVX-512's row passes), so a row computed
+    alone, among 7, 40 or 200 rows, or at another place of the call gives the same bits."""
+    n, k = 96, 576
+    if bits == 4:
+        codes, d, m = random_q4(n, k, seed=5)
+        packed = pack_q4(codes, d, m)
+    else:
+        packed = pack_q8(*random_q8(n, k, seed=5))
+    x = torch.randn(200, k, generator=torch.Generator().manual_seed(9)).bfloat16()
+    alone = cpu_q4_linear(x[3:4].contiguous(), packed, n, out_dtype=torch.float32)
+    for rows in (7, 16, 17, 40, 200):
+        out = cpu_q4_linear(x[:rows], packed, n, out_dtype=torch.float32)
+        assert torch.equal(out[3:4], alone), rows
+    shifted = cpu_q4_linear(x[1:40], packed, n, out_dtype=torch.float32)  # row 3 at place 2
+    assert torch.equal(shifted[2:3], alone)
+
+
+def test_isa_can_be_forced_and_reported():
+    with pytest.raises(ValueError, match="isa"):
+        set_cpu_q4_isa("sse2")
+    if not cpu_q4_linear_available():
+        assert cpu_q4_linear_isa() is None
+        return
+    before = cpu_q4_linear_isa()
+    try:
+        assert set_cpu_q4_isa("avx512") == "avx512" == cpu_q4_linear_isa()
+    finally:
+        set_cpu_q4_isa(before)
+    assert cpu_q4_linear_isa() == before
+
+
+def test_q4_kernel_reads_strided_rows(isa):
     codes, d, m = random_q4(64, 128)
     x = torch.randn(20, 256).bfloat16()[:, 64:192]  # row stride 256
     ref = q4_linear_ref(x.contiguous(), codes, d, m).float()
@@ -89,7 +140,7 @@ def test_q4_kernel_reads_strided_rows():
     assert torch.allclose(out, ref, rtol=2 ** -7, atol=1e-3 * ref.abs().max().item())
 
 
-@needs_amx
+@needs_kernel
 @pytest.mark.skipif(not int4_available(), reason="no packed int4 matmul in torch")
 def test_int4_decode_linear_routes_rows_by_count():
     codes, d, m = random_q4(96, 128)
@@ -133,10 +184,9 @@ def random_q8(n: int, k: int, seed: int = 0):
     return codes, (torch.rand(n, k // 32, generator=g) * 0.02 + 1e-3).half()
 
 
-@needs_amx
 @pytest.mark.parametrize("rows", [1, 5, 16, 33, 64, 70])
 @pytest.mark.parametrize("n,k", [(16, 32), (48, 96), (160, 576)])
-def test_q8_kernel_matches_reference(rows, n, k):
+def test_q8_kernel_matches_reference(isa, rows, n, k):
     codes, d = random_q8(n, k, seed=rows)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(2)).bfloat16()
     ref = q8_linear_ref(x, codes, d).float()
@@ -147,7 +197,7 @@ def test_q8_kernel_matches_reference(rows, n, k):
     assert out32.dtype == torch.float32 and torch.equal(out32.bfloat16(), out)  # unrounded
 
 
-@needs_amx
+@needs_kernel
 def test_q8_head_routes_rows_and_keeps_the_weight():
     codes, d = random_q8(64, 96)
     head = nn.Linear(96, 64, bias=False)
@@ -165,6 +215,6 @@ def test_q8_head_routes_rows_and_keeps_the_weight():
 
 def test_mismatched_packing_is_refused():
     if not cpu_q4_linear_available():
-        pytest.skip("no AMX")
+        pytest.skip("no 4-bit kernel here")
     with pytest.raises(ValueError, match="do not match"):
         cpu_q4_linear(torch.zeros(2, 64).bfloat16(), pack_q4(*random_q4(32, 96)), 32)

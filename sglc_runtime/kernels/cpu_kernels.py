@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,7 @@ _Q4_SIGNATURES = {
     "bf16_q4_linear": ([_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I, _I, _I], ctypes.c_int),
     "q4_amx_init": ([], ctypes.c_int),
     "q4_amx_selftest": ([], ctypes.c_int),
+    "q4_use_amx": ([_I], ctypes.c_int),
     "decoder_scratch_elems": ([_I64, _I, _I, _I, _I, _I], _I64),
     "bf16_decoder_forward": ([_P, _I64, _I, _I, _I, _I, _I, _I, _P, _P, _P, _I64, _I64, _P, _P,
                               _P, _P, _I64, _P, _P, ctypes.c_float, ctypes.c_float, _P, _P, _P,
@@ -156,26 +158,59 @@ def cpu_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 @functools.cache
 def cpu_q4_linear_available() -> bool:
-    """Whether the 4-bit linear runs here: the kernels build, the CPU lists AMX-BF16, Linux
-    grants this process the tile state, and a child process multiplied a tile correctly (a VM
-    that advertises AMX but faults on it kills only the child)."""
-    if not {"amx_tile", "amx_bf16"} <= cpu_flags():
-        return False
+    """Whether the 4-bit linear runs here: the kernels build (AVX-512-BF16). It multiplies with
+    AMX where that runs (`_amx_granted`), with AVX-512's vdpbf16ps elsewhere
+    (`cpu_q4_linear_isa`); SGLC_CPU_Q4_ISA=avx512 in the environment, or `set_cpu_q4_isa`,
+    forces AVX-512 (tests run the path of CPUs without AMX on one with it)."""
     lib = _q4_library()
     if lib is None:
         return False
-    so = lib._name
-    probe = f"import ctypes, sys; sys.exit(ctypes.CDLL({so!r}).q4_amx_selftest())"
+    want = os.environ.get("SGLC_CPU_Q4_ISA", "amx")
+    if want not in ("amx", "avx512"):
+        raise ValueError(f"SGLC_CPU_Q4_ISA must be 'amx' or 'avx512', got {want!r}")
+    lib.q4_use_amx(int(want == "amx" and _amx_granted()))
+    return True
+
+
+@functools.cache
+def _amx_granted() -> bool:
+    """The CPU lists AMX-BF16, a child process multiplied a tile correctly (a VM that
+    advertises AMX but faults on it kills only the child), and Linux granted this process the
+    tile state."""
+    lib = _q4_library()
+    if lib is None or not {"amx_tile", "amx_bf16"} <= cpu_flags():
+        return False
+    probe = f"import ctypes, sys; sys.exit(ctypes.CDLL({lib._name!r}).q4_amx_selftest())"
     try:
         rc = subprocess.run([sys.executable, "-c", probe], capture_output=True,
                             timeout=60, check=False).returncode
     except (OSError, subprocess.SubprocessError):
         rc = -1
     if rc != 0:
-        logger.warning("AMX is listed but did not run (probe exit %s): 4-bit decode linears "
-                       "stay on PyTorch", rc)
+        logger.warning("AMX is listed but did not run (probe exit %s): the 4-bit linears "
+                       "multiply with AVX-512", rc)
         return False
     return lib.q4_amx_init() == 0
+
+
+def cpu_q4_linear_isa() -> str | None:
+    """The instruction set the 4-bit linear multiplies with now: "amx", "avx512", or None
+    where it does not run here."""
+    if not cpu_q4_linear_available():
+        return None
+    return "amx" if _q4_library().q4_use_amx(-1) else "avx512"
+
+
+def set_cpu_q4_isa(isa: str) -> str | None:
+    """Choose the 4-bit linear's instruction set for this process: "amx" (where it runs; the
+    default) or "avx512" (the path of CPUs without AMX: tests run it on one with). Returns the
+    set now used, None where the kernel does not run here."""
+    if isa not in ("amx", "avx512"):
+        raise ValueError(f"set_cpu_q4_isa: isa must be 'amx' or 'avx512', got {isa!r}")
+    if not cpu_q4_linear_available():
+        return None
+    _q4_library().q4_use_amx(int(isa == "amx" and _amx_granted()))
+    return cpu_q4_linear_isa()
 
 
 def cpu_q4_linear(x: torch.Tensor, packed: torch.Tensor, n: int,
@@ -186,7 +221,7 @@ def cpu_q4_linear(x: torch.Tensor, packed: torch.Tensor, n: int,
     `q4_linear.q4_linear_ref` (`q8_linear_ref`). Check `cpu_q4_linear_available()` first."""
     assert out_dtype in (torch.bfloat16, torch.float32)
     if not cpu_q4_linear_available():  # (also what grants this process AMX: never skip it)
-        raise RuntimeError("cpu_q4_linear: AMX does not run here")
+        raise RuntimeError("cpu_q4_linear: the 4-bit kernel does not run here (no AVX-512-BF16)")
     rows, k = x.shape
     assert x.dtype == torch.bfloat16 and x.stride(1) == 1, "q4 linear takes bf16 rows"
     bits = {320: 4, 544: 8}.get(packed.shape[-1])
