@@ -40,6 +40,17 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quantization", default="auto", choices=["auto", "none", "int4"],
                    help="int4: small-batch decode reads int4 weights (CPU, faster batch-1); "
                         "auto: int4 in bfloat16 when the GGUF's projections are 4-bit already")
+    g.add_argument("--disable-dequant-cache", action="store_true",
+                   help="dequantize a GGUF file at every load (~20 s for the default model) "
+                        "instead of caching its float32 weights (538 MB) in the cache folder")
+    g.add_argument("--enable-deterministic-inference", action="store_true", default=True,
+                   help="the same tokens for the same request whatever shares its batch or "
+                        "sits in the prefix cache (CPU bf16 kernels: linears and attention in "
+                        "one summation order at every batch shape; no cascade attention); on "
+                        "by default")
+    g.add_argument("--disable-deterministic-inference", action="store_false",
+                   dest="enable_deterministic_inference",
+                   help="let batch shape pick the faster kernels per step (A/B)")
     g.add_argument("--engine-in-process", action="store_true",
                    help="run the engine on a thread of this process, not in its own process "
                         "(lower batch-1 latency; the caller's torch work then slows it)")
@@ -56,7 +67,9 @@ ENGINE_KWARGS = ("model_path", "dtype", "max_total_tokens", "max_running_request
                  "disable_regex_jump_forward", "disable_cascade_attention", "attention_backend",
                  "disable_cuda_graph", "cuda_graph_max_bs", "disable_prepacked_linear",
                  "disable_cpu_kernels",
-                 "disable_fp32_logits", "quantization", "engine_in_process", "dp_size",
+                 "disable_fp32_logits", "quantization", "enable_deterministic_inference",
+                 "disable_dequant_cache",
+                 "engine_in_process", "dp_size",
                  "router_policy")
 
 

@@ -92,9 +92,17 @@ class EngineConfig:
     # on AVX-512-BF16 CPUs, bf16 decode attention (reading the KV pool in place) and RMSNorm
     # run as C kernels (kernels/cpu_kernels.py) instead of PyTorch ops
     disable_cpu_kernels: bool = False
+    # a GGUF's float32 dequantization is cached (538 MB for the default model) and read back
+    # in ~1 s instead of dequantized again (~20 s); SGLC_DEQUANT_CACHE=0 turns it off too
+    disable_dequant_cache: bool = False
     context_length: int | None = None
     num_threads: int | None = None
     check_invariants: bool = False  # verify KV accounting after every step (tests)
+    # a row's tokens do not depend on what shares its step or on what the prefix cache holds
+    # (SGLang's flag; on by default here, where it costs nothing: benchmarks/README.md): on the
+    # CPU's bf16 kernels, linears at every row count through the 4-bit kernel, every extend's
+    # attention as the decode kernel's one-query rows, no cascade
+    enable_deterministic_inference: bool = True
     # "int4": batches of <= 4 rows (8 in float32) read int4 copies of the weights (CPU decode is
     # bound by memory traffic; ~1.7x faster at batch 1; results then depend on batch size).
     # None: float weights only. "auto": int4 on the CPU in bfloat16 when the checkpoint's

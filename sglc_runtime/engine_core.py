@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -83,6 +84,7 @@ class EngineCore:
         batch = self.scheduler.schedule()
         if batch is None:
             return []
+        t0 = time.perf_counter() if logger.isEnabledFor(logging.DEBUG) else None
         committed = False
         try:
             fb = self.runner.build_batch(batch.is_decode, batch.reqs, batch.extend_lens,
@@ -93,6 +95,10 @@ class EngineCore:
             self._commit(batch)
             committed = True
             self._postprocess(batch, rows, logits)
+            if t0 is not None:
+                logger.debug("step: %s of %d requests, %d rows, %.1f ms",
+                             "decode" if batch.is_decode else "extend", len(batch.reqs),
+                             fb.input_ids.numel(), 1e3 * (time.perf_counter() - t0))
         except Exception as e:
             logger.exception("engine step failed; failing the %d requests of the batch",
                              len(batch.reqs))

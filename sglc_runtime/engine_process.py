@@ -3,11 +3,14 @@ a child started as `python -m sglc_runtime.engine_process`, so its OpenMP thread
 one in that process and nothing the caller does with torch slows it down.
 
 Transport: one `multiprocessing.connection.Connection` over a socketpair (pickled tuples).
-Caller -> child: ("submit", [request fields]), ("abort", rid), ("call", id, name),
-("shutdown",). Child -> caller: ("ready", info), ("init_error", error), ("updates", [update]),
-("result", id, value, error). Token ids go in and text, ids and logprobs come out; tensors never
-cross. The child is started with subprocess (not multiprocessing's spawn), so a caller's script
-needs no `if __name__ == "__main__"` guard. It exits when the caller's end of the socket closes
+Caller -> child: ("config", EngineConfig, log level), ("submit", [request fields]),
+("abort", rid), ("call", id, name), ("shutdown",). Child -> caller: ("ready", info),
+("init_error", error), ("updates", [update]), ("result", id, value, error),
+("log", logger name, level, text, time): the child's `sglc_runtime` records at the caller's
+level, which the caller hands to its own handlers (its format, its stream). Token ids go
+in and text, ids and logprobs come out; tensors never cross. The child is started with
+subprocess (not multiprocessing's spawn), so a caller's script needs no
+`if __name__ == "__main__"` guard. It exits when the caller's end of the socket closes
 (the caller died) and ignores Ctrl-C, which the caller handles."""
 
 from __future__ import annotations
@@ -30,6 +33,31 @@ from .errors import EngineClosedError, EngineDiedError, SglcError
 from .request import Req, ReqStatus
 
 logger = logging.getLogger(__name__)
+
+
+def _emit_log(msg: tuple, pid: int) -> None:
+    """A record of the engine process, through the caller's logger of that name."""
+    _, name, level, text, created = msg
+    lg = logging.getLogger(name)
+    if lg.isEnabledFor(level):
+        rec = lg.makeRecord(name, level, "(engine process)", 0, text, None, None)
+        rec.created, rec.process, rec.processName = created, pid, f"sglc-engine-{pid}"
+        lg.handle(rec)
+
+
+class _ToCaller(logging.Handler):
+    """The engine process's log handler: each record goes to the caller as a "log" message."""
+
+    def __init__(self, send):
+        super().__init__()
+        self.send = send
+        self.setFormatter(logging.Formatter("%(message)s"))  # (and a traceback, if any)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.send(("log", record.name, record.levelno, self.format(record), record.created))
+        except Exception:  # noqa: BLE001 - the caller is gone: nobody to tell
+            pass
 
 
 def pack_error(e: BaseException) -> tuple[str, str]:
@@ -70,8 +98,12 @@ class ProcessDriver:
         self._dead: BaseException | None = None
         self._closing = False
         try:
-            self.conn.send(("config", config))
+            self.conn.send(("config", config,
+                            logging.getLogger("sglc_runtime").getEffectiveLevel()))
             msg = self.conn.recv()
+            while msg[0] == "log":  # (the model load's lines come before "ready")
+                _emit_log(msg, self.pid)
+                msg = self.conn.recv()
         except (EOFError, OSError):
             code = self.proc.wait(timeout=30)
             raise EngineDiedError(f"the {name} process exited during startup (exit code "
@@ -154,6 +186,8 @@ class ProcessDriver:
     def _handle(self, msg: tuple) -> None:
         if msg[0] == "updates":
             self._apply(msg[1])
+        elif msg[0] == "log":
+            _emit_log(msg, self.pid)
         elif msg[0] == "result":
             _, cid, value, err = msg
             done, box = self._calls.pop(cid)
@@ -249,28 +283,38 @@ def main(fd: int) -> None:
     """The engine process: build the core, answer "ready", run the loop on the main thread."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     conn = Connection(fd)
-    _, config = conn.recv()
+    lock = threading.Lock()  # (the loop, the receiver and log records all send)
+
+    def send(msg) -> None:
+        with lock:
+            conn.send(msg)
+
+    _, config, level = conn.recv()
+    root = logging.getLogger("sglc_runtime")
+    root.setLevel(level)
+    root.addHandler(_ToCaller(send))
+    root.propagate = False
     from .engine_core import EngineCore
     from .engine_loop import EngineLoop
 
     try:
         core = EngineCore(config)
     except BaseException as e:  # noqa: BLE001 - reported to the caller's constructor
-        conn.send(("init_error", pack_error(e)))
+        send(("init_error", pack_error(e)))
         return
     sent: dict[int, list] = {}
-    loop = EngineLoop(core, lambda reqs: conn.send(("updates", _updates(reqs, sent))),
+    loop = EngineLoop(core, lambda reqs: send(("updates", _updates(reqs, sent))),
                       config.check_invariants)
-    conn.send(("ready", {"tokenizer": pickle.dumps(core.tokenizer),
-                         "context_length": core.runner.context_length,
-                         "max_total_tokens": core.runner.kv_pool.size,
-                         "eos_ids": tuple(core.eos_ids)}))
-    threading.Thread(target=_receive, args=(conn, loop, core), name="sglc-receiver",
+    send(("ready", {"tokenizer": pickle.dumps(core.tokenizer),
+                    "context_length": core.runner.context_length,
+                    "max_total_tokens": core.runner.kv_pool.size,
+                    "eos_ids": tuple(core.eos_ids)}))
+    threading.Thread(target=_receive, args=(conn, send, loop, core), name="sglc-receiver",
                      daemon=True).start()
     loop.run()
 
 
-def _receive(conn: Connection, loop, core) -> None:
+def _receive(conn: Connection, send, loop, core) -> None:
     """Requests in (constraints are built here, off the loop thread), until the caller goes."""
     try:
         while True:
@@ -278,7 +322,7 @@ def _receive(conn: Connection, loop, core) -> None:
             if msg[0] == "shutdown":
                 break
             try:  # one bad message fails its requests, never the engine
-                _handle(msg, conn, loop, core)
+                _handle(msg, send, loop, core)
             except Exception:
                 logger.exception("could not handle the caller's %r message", msg[0])
     except (EOFError, OSError):
@@ -286,14 +330,14 @@ def _receive(conn: Connection, loop, core) -> None:
     loop.stop()
 
 
-def _handle(msg: tuple, conn: Connection, loop, core) -> None:
+def _handle(msg: tuple, send, loop, core) -> None:
     if msg[0] == "submit":
         loop.submit([_request(core, *fields) for fields in msg[1]])
     elif msg[0] == "abort":
         loop.abort(msg[1])
     elif msg[0] == "call":
         cid, name = msg[1], msg[2]
-        loop.call(name, lambda v, e: conn.send(
+        loop.call(name, lambda v, e: send(
             ("result", cid, v, None if e is None else pack_error(e))))
 
 

@@ -15,6 +15,7 @@ from .kv_pool import ReqToTokenPool, TokenToKVPool
 from .loader import load_gguf, load_hf_folder
 from .model.llama import LlamaForCausalLM
 from .model_source import resolve_model_path
+from .plan_log import log_plan
 from .tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ def load_model(cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Tokeni
     path = resolve_model_path(cfg.model_path)
     cfg.quantization = resolve_quantization(path, cfg)
     key = (str(path.resolve()), cfg.dtype, cfg.device, cfg.quantization,
-           cfg.disable_prepacked_linear, cfg.disable_fp32_logits, cfg.disable_cpu_kernels)
+           cfg.disable_prepacked_linear, cfg.disable_fp32_logits, cfg.disable_cpu_kernels,
+           cfg.enable_deterministic_inference)
     if key not in _LOADED:
         _LOADED[key] = _load(path, cfg)
     return _LOADED[key]
@@ -57,7 +59,7 @@ def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Token
         mcfg, weights = load_hf_folder(path)
         tok = Tokenizer.from_folder(path, mcfg.eos_token_ids, mcfg.bos_token_id)
     else:
-        mcfg, weights, reader = load_gguf(path)
+        mcfg, weights, reader = load_gguf(path, cache=not cfg.disable_dequant_cache)
         tok = Tokenizer.from_gguf(reader)
     if tok.eos_token_ids:
         mcfg.eos_token_ids = tuple(dict.fromkeys((*mcfg.eos_token_ids, *tok.eos_token_ids)))
@@ -82,7 +84,9 @@ def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Token
             from .loader import gguf_q4_projections, gguf_q8_head
 
             q4, q8 = gguf_q4_projections(reader, mcfg), gguf_q8_head(reader)
-        enable_int4_decode(model, q4=q4, head_q8=q8)
+        if q4 is not None or not cfg.enable_deterministic_inference:  # (torch's int4: rows
+            enable_int4_decode(model, q4=q4, head_q8=q8,  # <= 4 read other weights)
+                               all_rows=cfg.enable_deterministic_inference)
     if cfg.device == "cpu" and not cfg.disable_prepacked_linear:
         from .model.packed_linear import prepack_linears, prepacked_linear_available
 
@@ -124,7 +128,9 @@ class ModelRunner:
         # config resolved "auto" on CUDA; on the CPU the faster implementation for the dtype
         self.attention = create_attention_backend(
             cfg.attention_backend, cfg.dtype, cpu_kernel=not cfg.disable_cpu_kernels,
-            heads=(mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim))
+            heads=(mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim),
+            deterministic=cfg.enable_deterministic_inference)
+        log_plan(cfg, self.model, self.attention)
         self.cuda_graphs = None
         if cfg.device == "cuda" and not cfg.disable_cuda_graph:
             self.cuda_graphs = CudaGraphRunner(self.model, self.kv_pool, cfg.cuda_graph_max_bs,

@@ -2,6 +2,7 @@
 attention against plain per-request attention on the same pool."""
 
 import random
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -348,11 +349,15 @@ def test_short_extends_only_where_decode_rows_read_the_pool_in_place(monkeypatch
     odd = create_attention_backend("sdpa", torch.bfloat16, heads=(32, 32, 100))
     assert odd.short_extend("cpu") == 1
     # and never past MAX_PADDED_SLOTS padded slots: a long prefix keeps its extend per request
-    monkeypatch.setattr(metadata, "MAX_PADDED_SLOTS", 100_000)  # 33 rows x 8032 slots above
     table = torch.arange(1, 4 * 9000 + 1).view(4, 9000)
     md = metadata.build_metadata(table, False, [0, 1], [8000, 10], [32, 1], "cpu",
-                                 cascade=False, short_extend=32)
+                                 cascade=False, short_extend=32,
+                                 max_padded_slots=100_000)  # 33 rows x 8032 slots here
     assert md.in_padded is None  # one one-token request left: every request on its own
     md = metadata.build_metadata(table, False, [0, 1], [100, 10], [32, 1], "cpu",
-                                 cascade=False, short_extend=32)
+                                 cascade=False, short_extend=32, max_padded_slots=100_000)
+    assert md.in_padded == [True, True] and md.kv_lens.numel() == 33
+    # (deterministic inference: no limit, every extend a padded row)
+    md = metadata.build_metadata(table, False, [0, 1], [8000, 10], [32, 1], "cpu",
+                                 cascade=False, short_extend=sys.maxsize, max_padded_slots=None)
     assert md.in_padded == [True, True] and md.kv_lens.numel() == 33

@@ -157,3 +157,27 @@ def test_data_parallel_replica_dying_mid_request():
         t.join(20)
         assert not t.is_alive()
     assert set(results) | set(errors) == {0, 1, 2, 3}  # none lost silently
+
+
+def test_the_engine_process_logs_through_the_callers_handlers(caplog):
+    """At the caller's level, into the caller's handlers: the start-up plan at info (what runs,
+    what is off), a line per step at debug; nothing below the caller's level crosses."""
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="sglc_runtime"):
+        eng = Engine(max_total_tokens=4096)
+        try:
+            eng.generate("Hello", {"max_new_tokens": 3, "temperature": 0})
+        finally:
+            eng.shutdown()
+    ours = [r for r in caplog.records if r.processName.startswith("sglc-engine-")]
+    msgs = [r.getMessage() for r in ours]
+    assert any(m.startswith("CPU features: ") for m in msgs), msgs
+    assert any(m.startswith("linears: ") for m in msgs) and \
+        any(m.startswith("attention: ") for m in msgs)
+    assert any(m.startswith("step: decode of 1 requests") and m.endswith(" ms") for m in msgs)
+    assert all(r.process == eng._driver.pid for r in ours)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sglc_runtime"):
+        Engine(max_total_tokens=4096).shutdown()
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING]

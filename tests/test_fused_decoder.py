@@ -1,6 +1,7 @@
 """The decoder in one C call (model/fused_decoder.py, kernels/cpu_decoder.c) against the
 Python path it replaces, on the default model in bf16: the same bits, and taken exactly where
-that path would run the same kernels."""
+that path would run the same kernels; on each instruction set of the 4-bit kernel here, and
+with and without deterministic inference (which makes every extend a fused step)."""
 
 from types import SimpleNamespace
 
@@ -12,15 +13,40 @@ from sglc_runtime.model.int4 import Q4_MAX_ROWS
 pytestmark = pytest.mark.model
 
 
-@pytest.fixture(scope="module")
-def runner():
+def _runner(deterministic: bool):
     from sglc_runtime.config import EngineConfig
     from sglc_runtime.model_runner import ModelRunner
 
-    r = ModelRunner(EngineConfig(max_total_tokens=16384))
+    r = ModelRunner(EngineConfig(max_total_tokens=16384,
+                                 enable_deterministic_inference=deterministic))
     if r.model.model.fused is None:
-        pytest.skip("the fused decoder needs the 4-bit AMX kernels (AVX-512-BF16 and AMX)")
+        pytest.skip("the fused decoder needs the 4-bit kernels (AVX-512-BF16)")
     return r
+
+
+@pytest.fixture(scope="module")
+def runner():
+    """Kernels picked by row count: past Q4_MAX_ROWS the Python path's linears are oneDNN's."""
+    return _runner(deterministic=False)
+
+
+@pytest.fixture(scope="module")
+def det_runner():
+    """Deterministic inference: the 4-bit kernel at every row count, every extend padded."""
+    return _runner(deterministic=True)
+
+
+@pytest.fixture(params=["amx", "avx512"])
+def isa(request):
+    """The 4-bit kernel on one instruction set (AMX only where it runs)."""
+    from sglc_runtime.kernels.cpu_kernels import cpu_q4_linear_isa, set_cpu_q4_isa
+
+    before = cpu_q4_linear_isa()
+    if set_cpu_q4_isa(request.param) != request.param:
+        set_cpu_q4_isa(before)
+        pytest.skip(f"{request.param} does not run here")
+    yield request.param
+    set_cpu_q4_isa(before)
 
 
 def _prefilled(runner, prompt_lens, seed):
@@ -61,7 +87,7 @@ def _both_ways(runner, reqs, extend_lens):
 
 
 @pytest.mark.parametrize("prompt_lens", [[40], [40, 7, 130], [30] * 16, list(range(3, 103))])
-def test_fused_decode_step_is_the_python_path_bit_for_bit(runner, prompt_lens):
+def test_fused_decode_step_is_the_python_path_bit_for_bit(runner, prompt_lens, isa):
     reqs = _prefilled(runner, prompt_lens, seed=len(prompt_lens))
     for _ in range(2):  # two decode steps: the second reads keys the first one stored
         fused, plain, k_fused, k_plain = _both_ways(runner, reqs, [1] * len(reqs))
@@ -70,7 +96,7 @@ def test_fused_decode_step_is_the_python_path_bit_for_bit(runner, prompt_lens):
         assert torch.equal(k_fused, k_plain)  # the last layer's stored keys too
 
 
-def test_fused_short_extends_are_the_python_path(runner):
+def test_fused_short_extends_are_the_python_path(runner, isa):
     """A mixed step: requests adding a few tokens each, and decode rows."""
     reqs = _prefilled(runner, [50, 20, 90, 33], seed=7)
     fused, plain, k_fused, k_plain = _both_ways(runner, reqs, [5, 1, 12, 1])
@@ -119,3 +145,15 @@ def test_past_the_kernel_rows_the_fused_step_runs_in_chunks(runner):
         model.fused = keep
     diff = (chunked.float() - plain.float()).norm() / plain.float().norm()
     assert 0 < diff < 0.02, float(diff)
+
+
+def test_with_deterministic_inference_every_extend_is_a_fused_step(det_runner, isa):
+    """Long extends too (past SHORT_EXTEND, past the 4-bit kernel's rows): they attend as
+    padded one-query rows, so the fused decoder takes them, and the Python path, whose linears
+    then run the 4-bit kernel at every row count, gives the same bits."""
+    model = det_runner.model.model
+    assert model.layers[0].mlp.down_proj.q4_max_rows > 10 ** 9
+    reqs = _prefilled(det_runner, [10, 60, 5, 33, 12], seed=13)  # (each has 40 more ids)
+    extend_lens = [40, 1, 40, 40, 40]  # 161 rows, four past SHORT_EXTEND
+    fused, plain, k_fused, k_plain = _both_ways(det_runner, reqs, extend_lens)
+    assert torch.equal(fused, plain) and torch.equal(k_fused, k_plain)

@@ -114,6 +114,23 @@ def test_bad_grammar_is_named_with_line_and_column_and_the_engine_goes_on(engine
     assert out["text"] in ("yes", "no")
 
 
+def test_an_unknown_name_is_placed_where_it_is_used():
+    """The grammar's own line and column, with a caret under the name (llguidance places it
+    at the rule), and an unknown name in a rule `start` never reaches is refused too."""
+    from sglc_runtime.constrained.grammar import check_grammar
+
+    with pytest.raises(ConstraintError) as e:
+        check_grammar('start: "a"\n  | foo')
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("grammar error at 2(5): unknown name: 'foo'")
+    assert lines[-2:] == ["   2 |   | foo", " " * 11 + "^"]
+    with pytest.raises(ConstraintError, match=r"at 3\(13\): unknown name: 'bar'"):
+        check_grammar('start: "a"\n// bar in a comment, "bar" and /bar/ are not names\n'
+                      'unused: "b" bar')
+    check_grammar('start: x\nx: "foo" /foo+/ // foo\n  | "y"\n')  # names in strings: fine
+    check_grammar('root ::= "a" | "b"')  # GBNF is llguidance's to check
+
+
 def test_a_huge_forced_text_jumps_only_as_far_as_the_budget(engine):
     out = engine.generate("hi", {"grammar": 'start: /a{20000}/', "max_new_tokens": 8})
     meta = out["meta_info"]

@@ -107,3 +107,25 @@ def test_auto_quantization_uses_the_gguf_4bit_codes_only_in_bfloat16(tmp_path):
     w.close()
     assert not gguf_projections_are_4bit(tmp_path / "q8.gguf")
     assert resolve_quantization(tmp_path / "q8.gguf", bf16) is None
+
+
+def test_the_dequantized_cache_can_be_turned_off_and_holds_the_same_weights(tmp_path,
+                                                                             monkeypatch):
+    """`--disable-dequant-cache` (cache=False) dequantizes anew and writes nothing; the cached
+    float32 weights are the fresh dequantization's, bit for bit."""
+    import torch
+
+    from sglc_runtime.loader import _dequant_cache_path, load_gguf
+    from sglc_runtime.model_source import default_model_path
+
+    path = default_model_path()
+    _, cached, _ = load_gguf(path)  # (the shared cache: written by an earlier load, or now)
+    assert _dequant_cache_path(path).exists()
+    monkeypatch.setenv("SGLC_CACHE_DIR", str(tmp_path))
+    _, fresh, _ = load_gguf(path, cache=False)
+    assert not (tmp_path / "dequantized").exists()
+    assert cached.keys() == fresh.keys()
+    assert all(torch.equal(cached[k], fresh[k]) for k in fresh)
+    monkeypatch.setenv("SGLC_DEQUANT_CACHE", "0")
+    load_gguf(path)
+    assert not (tmp_path / "dequantized").exists()

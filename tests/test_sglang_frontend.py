@@ -2,7 +2,7 @@
 `sglc serve` through its `RuntimeEndpoint`: gen, select, regex, streaming, run_batch and fork.
 
 It runs in a subprocess: importing `sglang` patches transformers, which the oracle tests use.
-.ci/run installs the frontend into ~/.cache/sglc/sglang-frontend (SGLC_SGLANG_FRONTEND
+.ci/install installs the frontend into ~/.cache/sglc/sglang-frontend (SGLC_SGLANG_FRONTEND
 overrides); without it the test skips, saying so."""
 
 import json
@@ -59,9 +59,9 @@ def prog(s, question):
 
 def test_sglang_frontend_drives_sglc_serve(base_url, runtime):
     if not (FRONTEND / "sglang" / "lang").is_dir():
-        pytest.skip(f"SGLang's frontend is not installed in {FRONTEND} (.ci/run installs it: "
-                    "pip install --no-deps --target DIR sglang==0.5.23 and what its frontend "
-                    "imports; see .ci/run)")
+        pytest.skip(f"SGLang's frontend is not installed in {FRONTEND} (.ci/install, which "
+                    "quickstart.sh and .ci/run call, installs it: pip install --no-deps "
+                    "--target DIR sglang==0.5.23 and what its frontend imports)")
     env = {**os.environ, "PYTHONPATH": str(FRONTEND)}
     r = subprocess.run([sys.executable, "-c", SCRIPT, base_url], env=env, capture_output=True,
                        text=True, timeout=600)

@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SYSTEMS = ("sglc", "sglc_compiled", "sglc_no_radix", "hf", "llama_cpp_python", "llama_server")
+SYSTEMS = ("sglc", "sglc_compiled", "sglc_no_radix", "sglc_nondeterministic", "hf",
+           "llama_cpp_python", "llama_server")
 PEERS = ("hf", "llama_cpp_python", "llama_server")
 SEQUENTIAL = ("hf", "llama_cpp_python")  # one call at a time: fewer programs (--seq-num)
 logger = logging.getLogger("sglc.bench")
@@ -88,7 +89,8 @@ def _backend(system: str, args):
         from sglc_runtime.engine import Engine
 
         engine = Engine(model_path=args.model_path,
-                        disable_radix_cache=system == "sglc_no_radix")
+                        disable_radix_cache=system == "sglc_no_radix",
+                        enable_deterministic_inference=system != "sglc_nondeterministic")
         rt = _logging_runtime(engine)
         return rt, engine, engine.shutdown
     path = resolve_model_path(args.model_path)
@@ -253,14 +255,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num", type=int, default=16, help="programs per workload")
     p.add_argument("--seq-num", type=int, default=None,
                    help="programs per workload for the peers that run one call at a time (HF "
-                        "transformers, llama-cpp-python; default: --num)")
-    p.add_argument("--model-path", default=None)
+                        "transformers, llama-cpp-python; default: as --num)")
+    p.add_argument("--model-path", default=None, help="a GGUF file or Hugging Face folder "
+                   "(default: SmolLM2-135M-Instruct)")
     p.add_argument("--llama-server", default=os.environ.get("SGLC_LLAMA_SERVER") or
-                   shutil.which("llama-server"))
+                   shutil.which("llama-server"),
+                   help="llama-server binary (or SGLC_LLAMA_SERVER; benchmarks/README.md says "
+                        "how to build it)")
     p.add_argument("--slots", type=int, default=8, help="llama-server parallel slots (-np)")
     p.add_argument("--repeat", type=int, default=1,
                    help="timed runs per workload and system, each from empty caches; the "
-                        "best is reported (the issue's 'best of 3': --repeat 3)")
+                        "best is reported")
     p.add_argument("--out", default="sglc_bench.json", help="JSON path (a PNG goes beside it)")
 
 

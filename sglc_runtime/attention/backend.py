@@ -5,6 +5,8 @@ static buffers CUDA graphs replay decode batches with."""
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from ..kernels.cpu_kernels import (
@@ -16,7 +18,7 @@ from ..kernels.cpu_kernels import (
 )
 from ..kv_pool import TokenToKVPool
 from . import torch_attention
-from .metadata import SHORT_EXTEND, AttentionMetadata, build_metadata
+from .metadata import MAX_PADDED_SLOTS, SHORT_EXTEND, AttentionMetadata, build_metadata
 
 
 class AttentionBackend:
@@ -42,11 +44,16 @@ class AttentionBackend:
         gather a padded copy of every row's keys, which would copy a prefix per new token)."""
         return 1
 
+    def max_padded_slots(self) -> int | None:
+        """Past this many padded slots short extends attend per request (None: never)."""
+        return MAX_PADDED_SLOTS
+
     def init_metadata(self, table: torch.Tensor, is_decode: bool, rows: list[int],
                       prefix_lens: list[int], extend_lens: list[int], device,
                       cascade: bool = True) -> AttentionMetadata:
         return build_metadata(table, is_decode, rows, prefix_lens, extend_lens, device, cascade,
-                              self.min_cascade_rows(device), self.short_extend(device))
+                              self.min_cascade_rows(device), self.short_extend(device),
+                              self.max_padded_slots())
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor | None,
                 v: torch.Tensor | None, fb, pool: TokenToKVPool, scale: float) -> torch.Tensor:
@@ -101,19 +108,32 @@ class TorchAttention(AttentionBackend):
     "matmul" (`attend`: two matmuls around a float32 softmax; CPU 16-bit only)."""
 
     def __init__(self, impl: str = "sdpa", cpu_kernel: bool = False,
-                 heads: tuple[int, int, int] | None = None):
+                 heads: tuple[int, int, int] | None = None, deterministic: bool = False):
         assert impl in ("sdpa", "matmul"), f"unknown PyTorch attention {impl!r}"
         self.name = self.impl = impl
         self.cpu_kernel = cpu_kernel  # bf16 decode rows through kernels/cpu_kernels.py
         self.heads = heads  # (n_q, n_kv, head_dim) of the model, where known
+        # every query through the decode kernel's rows (each reads its keys in one order
+        # however the batch is laid out), no cascade: only where the kernel takes the rows
+        self.deterministic = deterministic and self._kernel_rows("cpu")
+
+    def _kernel_rows(self, device) -> bool:
+        """Whether decode rows go through the C kernel here (it reads the pool in place)."""
+        return (self.cpu_kernel and torch.device(device).type == "cpu" and self.heads is not None
+                and cpu_decode_shape_ok(*self.heads) and cpu_kernels_available())
 
     def min_cascade_rows(self, device) -> int:
+        if self.deterministic:
+            return sys.maxsize  # (a cascade merges two partial softmaxes: other roundings)
         return CPU_CASCADE_MIN_ROWS[self.impl] if torch.device(device).type == "cpu" else 0
 
     def short_extend(self, device) -> int:
-        on_cpu = torch.device(device).type == "cpu"
-        kernel = self.cpu_kernel and self.heads is not None and cpu_decode_shape_ok(*self.heads)
-        return SHORT_EXTEND if kernel and on_cpu and cpu_kernels_available() else 1
+        if not self._kernel_rows(device):
+            return 1
+        return sys.maxsize if self.deterministic else SHORT_EXTEND
+
+    def max_padded_slots(self) -> int | None:
+        return None if self.deterministic else MAX_PADDED_SLOTS
 
     def forward(self, layer, q, k, v, fb, pool, scale):
         if k is not None:  # (None: the caller stored them, see LlamaAttention)
@@ -154,15 +174,17 @@ class TritonAttention(TorchAttention):
 
 
 def create_attention_backend(name: str, dtype: torch.dtype, cpu_kernel: bool = True,
-                             heads: tuple[int, int, int] | None = None) -> AttentionBackend:
+                             heads: tuple[int, int, int] | None = None,
+                             deterministic: bool = False) -> AttentionBackend:
     """The backend `name` names ("auto": the CPU's faster PyTorch implementation in `dtype`,
     timed once per process by `fastest_cpu_attention`); with `cpu_kernel`, bf16 decode rows on
-    the CPU go through the C kernel where the machine runs it."""
+    the CPU go through the C kernel where the machine runs it; with `deterministic` every
+    query does, where it can (`TorchAttention.deterministic` says)."""
     if name == "triton":
         return TritonAttention()
     if name == "auto":
         name = torch_attention.fastest_cpu_attention(dtype)
-    return TorchAttention(name, cpu_kernel and dtype == torch.bfloat16, heads)
+    return TorchAttention(name, cpu_kernel and dtype == torch.bfloat16, heads, deterministic)
 
 
 def paged_attention(layer: int, q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None, fb,

@@ -51,12 +51,14 @@ class AttentionMetadata:
 def build_metadata(table: torch.Tensor, is_decode: bool, rows: list[int],
                    prefix_lens: list[int], extend_lens: list[int], device,
                    cascade: bool = True, min_saved_rows: int = 0,
-                   short_extend: int = 1) -> AttentionMetadata:
+                   short_extend: int = 1,
+                   max_padded_slots: int | None = MAX_PADDED_SLOTS) -> AttentionMetadata:
     """The layout of a batch whose request i (KV table row `rows[i]`, already holding the new
     tokens' slots) adds `extend_lens[i]` tokens after `prefix_lens[i]` cached ones. A shared
     prefix of S slots is attended once (cascade) when `cascade` and the rows it saves reading,
     (b - 1) * S, reach `min_saved_rows` (the backend's break-even). Requests adding at most
-    `short_extend` tokens attend as padded one-query rows (see AttentionMetadata)."""
+    `short_extend` tokens attend as padded one-query rows (see AttentionMetadata), unless
+    that pads more than `max_padded_slots` slots (None: however many)."""
     # (the shared prefix is at most the shortest prefix: skip the search when that cannot pay)
     can_pay = (len(rows) - 1) * min(prefix_lens, default=0) >= min_saved_rows
     S = shared_prefix_len(table, rows, prefix_lens, extend_lens) if cascade and can_pay else 0
@@ -72,10 +74,11 @@ def build_metadata(table: torch.Tensor, is_decode: bool, rows: list[int],
                 bool((md.shared_kv.diff() == 1).all()):  # one run of slots: read a view
             md.shared_kv = slice(first, first + S)
     short = [i for i, n in enumerate(extend_lens) if n <= short_extend]
-    if not is_decode and short_extend > 1:  # the padded table stays small: else one-token only
+    if not is_decode and short_extend > 1 and max_padded_slots is not None:
+        # the padded table stays small: else one-token rows only
         rows_slots = sum(extend_lens[i] for i in short) * max(
             prefix_lens[i] + extend_lens[i] for i in short) if short else 0
-        if rows_slots > MAX_PADDED_SLOTS:
+        if rows_slots > max_padded_slots:
             short_extend = 1
             short = [i for i, n in enumerate(extend_lens) if n == 1]
     offsets = [0, *accumulate(extend_lens)][:-1]  # each request's first flat row

@@ -12,6 +12,7 @@ its own (a copy of the pristine matcher), and its state ids count the tokens con
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 
@@ -70,10 +71,67 @@ def check_grammar(text: str, tokenizer=None) -> None:
     GBNF); the tokenizer is optional (without it, token-level checks are skipped)."""
     llg = _llguidance()
     grammar = to_llguidance(text)
+    undefined = _undefined_name(text)
+    if undefined is not None:
+        raise ConstraintError(undefined)
     lt = None if tokenizer is None else ll_tokenizer(tokenizer)
     is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, lt)
     if is_error:
         raise ConstraintError("grammar error " + messages[0].rstrip())
+
+
+_UNDEFINED = re.compile(r"Rule '([^']+)' used but not defined \(in rule ([^)]+)\)")
+# what a grammar's rule bodies hold besides names: strings, regexes, comments
+_NOT_NAMES = re.compile(r'"(?:[^"\\\n]|\\.)*"i?|/(?:[^/\\\n]|\\.)+/[imslux]*|//[^\n]*')
+
+
+def _undefined_name(text: str) -> str | None:
+    """For a Lark-syntax grammar (GBNF's `::=` is left to llguidance), lark's own check of
+    names used but never defined, reachable from `start` or not (llguidance skips unreachable
+    rules and places its message at the rule, not the name): the message names the first use's
+    line and column and shows it with a caret."""
+    if "::=" in text:
+        return None
+    import lark
+
+    try:
+        lark.Lark(text)
+        return None
+    except lark.exceptions.GrammarError as e:
+        m = _UNDEFINED.search(str(e))
+    except Exception:  # noqa: BLE001 - lark cannot read llguidance's extensions: not ours
+        return None
+    if m is None:
+        return None
+    name, rule = m.group(1), m.group(2).strip()
+    at = _first_use(text, name, rule)
+    if at is None:
+        return f"grammar error: unknown name: {name!r} (in rule {rule!r})"
+    line, col = at
+    lines = text.splitlines()
+    shown = [f"{i + 1:4d} | {lines[i]}" for i in range(max(0, line - 2), line)]
+    shown.append(" " * (7 + col - 1) + "^")
+    shown += [f"{i + 1:4d} | {lines[i]}" for i in range(line, min(len(lines), line + 1))]
+    return f"grammar error at {line}({col}): unknown name: {name!r} (in rule {rule!r})\n" + \
+        "\n".join(shown)
+
+
+def _first_use(text: str, name: str, rule: str) -> tuple[int, int] | None:
+    """(line, column), both from 1, of `name`'s first use in the body of rule `rule`."""
+    head = re.compile(rf"^[ \t]*[?!]?{re.escape(rule)}(\.-?\d+)?[ \t]*:", re.M)
+    h = head.search(text)
+    if h is None:
+        return None
+    nxt = re.compile(r"^[ \t]*[?!]?[A-Za-z_][\w.]*[ \t]*:", re.M).search(text, h.end())
+    body_end = nxt.start() if nxt else len(text)
+    body = text[h.end():body_end]
+    masked = _NOT_NAMES.sub(lambda s: " " * len(s.group()), body)
+    use = re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", masked)
+    if use is None:
+        return None
+    pos = h.end() + use.start()
+    line = text.count("\n", 0, pos) + 1
+    return line, pos - (text.rfind("\n", 0, pos) + 1) + 1
 
 
 def compile_grammar(text: str, tokenizer) -> GrammarConstraint:

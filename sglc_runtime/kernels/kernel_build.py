@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -118,8 +119,14 @@ def load(stem: str, sources: tuple[Path, ...], signatures: dict):
     text = b"".join(p.read_bytes() for p in sources + _HEADERS) + \
         " ".join(_FLAGS).encode() + b"\0" + cc[1].encode()
     out = cache_dir() / "kernels" / f"{stem}_{hashlib.sha256(text).hexdigest()[:16]}.so"
-    if not out.exists() and not build(out, sources, cc[0]):
-        return None
+    if out.exists():
+        logger.info("CPU kernels %s: %s (built earlier)", stem, out)
+    else:
+        t0 = time.perf_counter()
+        if not build(out, sources, cc[0]):
+            return None
+        logger.info("CPU kernels %s: built with %s in %.1f s into %s", stem, cc[1],
+                    time.perf_counter() - t0, out)
     try:
         lib = ctypes.CDLL(str(out))
     except OSError as e:

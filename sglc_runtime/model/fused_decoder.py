@@ -22,7 +22,7 @@ from ..kernels.cpu_kernels import (
     cpu_decoder_available,
     cpu_decoder_forward,
 )
-from .int4 import Int4DecodeLinear
+from .int4 import Q4_MAX_ROWS, Int4DecodeLinear
 
 
 class FusedDecoder:
@@ -31,7 +31,7 @@ class FusedDecoder:
 
     def __init__(self, model, rows: tuple[int, int]):
         self.model = model
-        self.min_rows, self.max_rows = rows
+        self.min_rows, self.max_rows = rows[0], min(rows[1], Q4_MAX_ROWS)  # (rows per call)
         cfg = model.layers[0].self_attn
         self.n_q, self.n_kv, self.hd = cfg.n_q, cfg.n_kv, cfg.hd
         self.inter = model.layers[0].mlp.inter

@@ -9,6 +9,8 @@ activations). Larger batches keep the float path.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -131,7 +133,8 @@ class Q8DecodeHead(nn.Module):
 
 def enable_int4_decode(model: nn.Module, max_rows: int | None = None,
                        q4: dict[str, tuple] | None = None,
-                       head_q8: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                       head_q8: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       all_rows: bool = False) -> None:
     """Swap the decoder's projections for the small-batch int4 paths, and a float32 model's LM
     head for a bf16 copy (a bf16 model's head is bf16 already).
 
@@ -147,15 +150,21 @@ def enable_int4_decode(model: nn.Module, max_rows: int | None = None,
     it is 0: every row count up to Q4_MAX_ROWS takes the 4-bit kernel (the file's exact
     weights; torch's int4 requantizes them), which the fused decoder (fused_decoder.py) runs
     with no Python between layers: 1-4-row decode steps 10.8-13.7 -> 7.6-9.5 ms there, where
-    called from Python it was 20% slower than torch's int4 at those rows."""
+    called from Python it was 20% slower than torch's int4 at those rows.
+
+    all_rows: the 4-bit kernel (and the 8-bit head) at every row count, not only up to
+    Q4_MAX_ROWS / Q8_HEAD_MAX_ROWS: a row's sums then never depend on how many rows share
+    the call (deterministic inference)."""
     if (q4 is not None or head_q8 is not None) and not (
             model.lm_head.weight.dtype == torch.bfloat16 and cpu_q4_linear_available()):
         q4 = head_q8 = None
     if max_rows is None:
         max_rows = 0 if q4 is not None else \
             4 if model.lm_head.weight.dtype == torch.bfloat16 else 8
+    q4_rows, head_rows = (sys.maxsize, sys.maxsize) if all_rows else (Q4_MAX_ROWS,
+                                                                      Q8_HEAD_MAX_ROWS)
     if head_q8 is not None and model.lm_head.out_features % 16 == 0:
-        model.lm_head = Q8DecodeHead(model.lm_head, head_q8)
+        model.lm_head = Q8DecodeHead(model.lm_head, head_q8, head_rows)
 
     def fused(i: int, *names: str):  # the parts' codes, d, m stacked along rows as fused
         if q4 is None:
@@ -167,12 +176,14 @@ def enable_int4_decode(model: nn.Module, max_rows: int | None = None,
         attn, mlp = layer.self_attn, layer.mlp
         attn.qkv_proj = Int4DecodeLinear(
             attn.qkv_proj, max_rows,
-            q4=fused(i, "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))
+            q4=fused(i, "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+            q4_max_rows=q4_rows)
         attn.o_proj = Int4DecodeLinear(attn.o_proj, max_rows, bf16_out=True,
-                                       q4=fused(i, "self_attn.o_proj"))
+                                       q4=fused(i, "self_attn.o_proj"), q4_max_rows=q4_rows)
         mlp.gate_up_proj = Int4DecodeLinear(mlp.gate_up_proj, max_rows, bf16_out=True,
-                                            q4=fused(i, "mlp.gate_proj", "mlp.up_proj"))
+                                            q4=fused(i, "mlp.gate_proj", "mlp.up_proj"),
+                                            q4_max_rows=q4_rows)
         mlp.down_proj = Int4DecodeLinear(mlp.down_proj, max_rows, bf16_out=True,
-                                         q4=fused(i, "mlp.down_proj"))
+                                         q4=fused(i, "mlp.down_proj"), q4_max_rows=q4_rows)
     if model.lm_head.weight.dtype != torch.bfloat16:
         model.lm_head = Bf16DecodeLinear(model.lm_head, max_rows)
