@@ -72,6 +72,7 @@ def jump_forward(req: Req, tok: Tokenizer, scheduler: Scheduler) -> bool:
     elif len(new) >= req.params.max_new_tokens:
         reason = {"type": "length", "length": req.params.max_new_tokens}
         if not fsm.is_accepting(req.fsm_state):
+            reason["incomplete"] = True  # (not a sentence of the constraint)
             reason["message"] = "max_new_tokens reached before the constrained output was complete"
         finish(req, reason)
     return True

@@ -59,6 +59,7 @@ def append_token(req: Req, token: int, logprobs: torch.Tensor | None, tok: Token
     if len(req.output_ids) >= p.max_new_tokens:
         reason = {"type": "length", "length": p.max_new_tokens}
         if req.constraint is not None and not req.constraint.is_accepting(req.fsm_state):
+            reason["incomplete"] = True  # (not a sentence of the constraint)
             reason["message"] = "max_new_tokens reached before the constrained output was complete"
         return finish(req, reason)
 

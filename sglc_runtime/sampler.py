@@ -62,8 +62,9 @@ def sample(logits: torch.Tensor, reqs: list[Req], eos_ids: tuple[int, ...],
             banned = list(eos_ids) + list(p.stop_token_ids or [])
             logits[i, banned] = float("-inf")
         if r.constraint is not None:
-            logits[i].masked_fill_(~_fit(r.constraint.allowed_mask(r.fsm_state), logits.shape[1]),
-                                   float("-inf"))
+            left = p.max_new_tokens - len(r.output_ids)  # (this token included)
+            logits[i].masked_fill_(~_fit(r.constraint.allowed_mask(r.fsm_state, left),
+                                         logits.shape[1]), float("-inf"))
     greedy = torch.tensor([r.params.is_greedy for r in reqs])
     out = greedy_ids(logits)
     if not bool(greedy.all()):

@@ -105,6 +105,44 @@ def test_allowed_tokens_match_brute_force(tok, pattern):
         assert int(fsm.allowed_mask(s).sum()) == len(got)
 
 
+BUDGET_PATTERNS = [r"\d+( [+-] \d+)*", r"SELECT (id|name|price)(, (id|name|price))* FROM t;",
+                   IPV4, r'\{"a": "[a-z]{1,8}", "b": [0-9]{1,3}\}']
+
+
+@pytest.mark.parametrize("pattern", BUDGET_PATTERNS)
+def test_tokens_to_accept_is_each_states_shortest_way(tok, pattern):
+    """0 at accepting states, else one more than the best allowed token's next state."""
+    fsm = compile_regex(pattern, tok)
+    dist, worst = fsm.tokens_to_accept()
+    for s in range(fsm.num_states - 1):
+        toks = [t for t in fsm.allowed_tokens(s).tolist() if t not in tok.eos_token_ids]
+        nxt = [fsm.next_state(s, t) for t in toks]
+        want = 0 if fsm.is_accepting(s) else 1 + min(int(dist[n]) for n in nxt)
+        assert int(dist[s]) == want, (s, pattern)
+        assert int(worst[s]) == max((int(dist[n]) for n in nxt), default=0)
+
+
+@pytest.mark.parametrize("pattern", BUDGET_PATTERNS)
+def test_a_budget_that_can_hold_a_sentence_always_ends_in_one(tok, pattern):
+    """Random tokens from the budget-aware mask: whatever the budget (down to the fewest
+    tokens a sentence needs), the output fullmatches when the tokens run out."""
+    fsm = compile_regex(pattern, tok)
+    dist, _ = fsm.tokens_to_accept()
+    rng = random.Random(pattern)
+    for trial in range(20):
+        budget = int(dist[fsm.initial_state]) + trial % 5
+        state, out = fsm.initial_state, b""
+        for left in range(budget, 0, -1):
+            allowed = fsm.allowed_mask(state, left).nonzero().squeeze(1).tolist()
+            t = rng.choice(allowed)
+            if t in tok.eos_token_ids:
+                break
+            state, out = fsm.next_state(state, t), out + tok.token_bytes[t]
+        assert fsm.is_accepting(state) and re.fullmatch(pattern, out.decode()), (budget, out)
+    loose = fsm.allowed_mask(fsm.initial_state, 10 ** 6)
+    assert loose is fsm.allowed_mask(fsm.initial_state)  # (a loose budget changes nothing)
+
+
 def test_tokens_may_split_a_utf8_character(tok):
     fsm = compile_regex("日本語", tok)
     lead = tok.token_bytes.index(b"\xe6")  # the first byte of 日 (e6 97 a5) alone

@@ -98,6 +98,19 @@ def test_length_mid_pattern_says_so(engine):
                                                "max_new_tokens": 5})
     fr = r["meta_info"]["finish_reason"]
     assert fr["type"] == "length" and "constrained output was complete" in fr["message"]
+    assert fr["incomplete"] is True
+
+
+def test_the_budget_steers_a_sampled_regex_to_an_end(engine):
+    """An unbounded column list sampled at temperature 0.7 used to come back as "SELECT id,
+    name, price, price, ..." cut off at max_tokens; the budget is part of the mask now."""
+    sql = r"SELECT (id|name|price)(, (id|name|price))* FROM products;"
+    prompt = CHAT.format("Write an SQL query listing many columns of products.")
+    outs = engine.generate([prompt] * 6, {"regex": sql, "temperature": 0.7, "seed": 3,
+                                          "max_new_tokens": 12})
+    for o in outs:
+        assert re.fullmatch(sql, o["text"]), o["text"]
+        assert not o["meta_info"]["finish_reason"].get("incomplete")
 
 
 @pytest.mark.parametrize("params, word", [

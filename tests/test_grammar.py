@@ -159,3 +159,21 @@ def test_bad_grammar_in_a_program_fails_where_it_is_written():
         sgl.gen("x", grammar="start: nowhere")
     with pytest.raises(ProgramError, match="at most one"):
         sgl.gen("x", grammar='start: "a"', regex="a")
+
+
+def test_a_grammar_cut_by_max_tokens_says_incomplete_in_the_programs_meta_info(runtime):
+    """llguidance gives no distance to acceptance, so a grammar's budget cannot steer: the
+    gen's meta info says the value is not a sentence (a regex's budget steers instead:
+    test_constrained_engine.py)."""
+    expr = 'start: "(" term (("+" | "-") term)* ")"\nterm: /[0-9]{1,3}/\n'
+
+    @sgl.function
+    def calc(s):
+        s += sgl.user("Write a very long arithmetic expression.")
+        s += sgl.assistant(sgl.gen("e", grammar=expr, max_tokens=2, temperature=0))
+
+    state = calc.run()
+    reason = state.get_meta_info("e")["finish_reason"]
+    assert reason["type"] == "length" and reason["incomplete"] is True, (state["e"], reason)
+    with pytest.raises(lark.exceptions.LarkError):
+        _parse(expr, state["e"])

@@ -198,9 +198,11 @@ def _machine() -> dict:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f
                         if line.startswith("model name")), cpu)
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "git": git or None}
 
 
 def table(results: dict, workloads: list[str], systems: list[str]) -> str:

@@ -191,8 +191,11 @@ class GrammarConstraint:
         if self.matcher.is_error():
             raise ConstraintError(f"grammar matcher failed: {_first_line(self.matcher.get_error())}")
 
-    def allowed_mask(self, state: int) -> torch.Tensor:
-        """Bool (vocab_size,) mask of the tokens the grammar allows next (EOS where complete)."""
+    def allowed_mask(self, state: int, tokens_left: int | None = None) -> torch.Tensor:
+        """Bool (vocab_size,) mask of the tokens the grammar allows next (EOS where complete).
+        `tokens_left` is not used: llguidance's matcher gives no distance to acceptance, so a
+        grammar's output can run out of tokens mid-sentence (its finish_reason then says
+        "incomplete"), where a regex or JSON schema's TokenFSM steers to an end in time."""
         self._at(state)
         if self._mask is None or self._mask[0] != state:
             bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)

@@ -31,6 +31,7 @@ class TokenFSM:
         self._allowed: dict[int, torch.Tensor] = {}
         self._masks: dict[int, torch.Tensor] = {}
         self._forced: dict[int, bytes] = {}
+        self._to_accept: tuple[np.ndarray, np.ndarray] | None = None  # see tokens_to_accept
 
     def __repr__(self) -> str:
         return (f"TokenFSM(pattern={self.pattern!r}, num_states={self.num_states}, "
@@ -58,14 +59,66 @@ class TokenFSM:
             out = self._allowed[state] = torch.from_numpy(toks.astype(np.int64))
         return out
 
-    def allowed_mask(self, state: int) -> torch.Tensor:
-        """Bool (vocab_size,) mask of `allowed_tokens(state)`; cached, do not modify in place."""
+    def allowed_mask(self, state: int, tokens_left: int | None = None) -> torch.Tensor:
+        """Bool (vocab_size,) mask of `allowed_tokens(state)`; cached, do not modify in place.
+        With `tokens_left` (the tokens the gen may still emit, this one included), only tokens
+        after which an accepting state is at most `tokens_left - 1` tokens away, so the output
+        ends as a sentence of the constraint whenever the budget can hold one (where it cannot,
+        every allowed token: the request then ends by length, incomplete)."""
         mask = self._masks.get(state)
         if mask is None:
             mask = torch.zeros(self.vocab_size, dtype=torch.bool)
             mask[self.allowed_tokens(state)] = True
             self._masks[state] = mask
-        return mask
+        if tokens_left is None or state == self.final_state:
+            return mask
+        dist, worst = self.tokens_to_accept()
+        if worst[state] <= tokens_left - 1:
+            return mask  # every allowed token leaves the budget enough
+        toks, nxt = self._row(state)
+        ok = dist[nxt] <= tokens_left - 1
+        if not ok.any() and not self.is_accepting(state):
+            return mask  # (no way to finish in the budget: nothing to prefer)
+        tight = torch.zeros(self.vocab_size, dtype=torch.bool)
+        tight[torch.from_numpy(toks[ok].astype(np.int64))] = True
+        if self.is_accepting(state):
+            tight[list(self.eos_token_ids)] = True
+        return tight
+
+    def tokens_to_accept(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per state, the fewest tokens that lead from it to an accepting state (0 there; a
+        large number where none does), and per state the largest of that over the states its
+        allowed tokens lead to (0 where none). A breadth-first search backwards over the token
+        transitions, once per FSM (each transition visited once)."""
+        if self._to_accept is not None:
+            return self._to_accept
+        n, ptr, dst = self.num_states, self.index.ptr, self.index.next_states.astype(np.int64)
+        far = np.iinfo(np.int64).max // 4
+        counts = np.diff(ptr).astype(np.int64)
+        src = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        order = np.argsort(dst, kind="stable")
+        pred = src[order]  # transitions grouped by their target state
+        rptr = np.concatenate([[0], np.cumsum(np.bincount(dst, minlength=n))])
+        dist = np.full(n, far, np.int64)
+        frontier = np.flatnonzero(np.append(self.dfa.accepting.astype(bool), True))
+        dist[frontier] = 0
+        d = 0
+        while frontier.size:
+            d += 1
+            lo, num = rptr[frontier], rptr[frontier + 1] - rptr[frontier]
+            total = int(num.sum())
+            if not total:
+                break
+            starts = np.repeat(lo - np.concatenate([[0], np.cumsum(num)[:-1]]), num)
+            preds = pred[starts + np.arange(total)]
+            frontier = np.unique(preds[dist[preds] == far])
+            dist[frontier] = d
+        worst = np.zeros(n, np.int64)
+        if len(dst):
+            nonempty = counts > 0
+            worst[:len(counts)][nonempty] = np.maximum.reduceat(dist[dst], ptr[:-1][nonempty])
+        self._to_accept = (dist, worst)
+        return self._to_accept
 
     def next_state(self, state: int, token_id: int) -> int:
         """State after emitting `token_id` in `state`: -1 if not allowed; EOS → `final_state`."""
