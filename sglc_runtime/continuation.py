@@ -91,6 +91,7 @@ def continue_request(req: Req, tok, scheduler, context_length: int, pool_size: i
     req.text, req.decoder, req.finish_reason = "", None, None
     req.output_token_logprobs, req.output_top_logprobs = [], []
     req.num_jump_forward_tokens = 0
+    req.finish_when_computed = None
     req.cached_tokens = keep
     if req.token_counts is not None:
         req.token_counts.zero_()

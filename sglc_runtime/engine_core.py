@@ -13,7 +13,13 @@ from .config import EngineConfig
 from .continuation import continue_request
 from .jump_forward import jump_forward
 from .model_runner import ModelRunner
-from .outputs import append_token, record_input_logprobs, top_list
+from .outputs import (
+    append_token,
+    finish,
+    record_input_logprobs,
+    record_output_logprobs,
+    top_list,
+)
 from .request import Req, ReqStatus
 from .sampler import needs_penalties, sample
 from .scheduler import ScheduledBatch, Scheduler
@@ -23,19 +29,21 @@ logger = logging.getLogger(__name__)
 
 class LogitRows(NamedTuple):
     """Which flat rows of a batch need logits: `index` (row numbers), positions in `index` of
-    the rows each finishing request samples from, and input-logprob spans
-    (request, position in `index`, first prompt position, count)."""
+    the rows each finishing request samples from, and logprob spans (request, position in
+    `index`, first position, count): input spans score prompt tokens, output spans score
+    output tokens that are known before they are computed (jump-forward's re-tokenized tail)."""
 
     index: list[int]
     sample: list[int]
     lp_spans: list[tuple[Req, int, int, int]]
     every_row: bool  # index is 0..T-1 (a decode batch): no gather needed
+    out_spans: list[tuple[Req, int, int, int]]
 
 
 def logit_rows(batch: ScheduledBatch, num_tokens: int) -> LogitRows:
     """The last row of each request whose pending tokens this batch completes, plus every row
     from logprob_start_len - 1 on where input logprobs are asked for."""
-    index, sample, lp_spans = [], [], []
+    index, sample, lp_spans, out_spans = [], [], [], []
     offset = 0
     for r, n in zip(batch.reqs, batch.extend_lens):
         start = r.kv_len
@@ -45,11 +53,19 @@ def logit_rows(batch: ScheduledBatch, num_tokens: int) -> LogitRows:
             if lo < hi:
                 lp_spans.append((r, len(index), lo, hi - lo))
                 index.extend(range(offset + lo - start, offset + hi - start))
+        if not batch.is_decode and r.return_logprob and r.output_ids:
+            # the row at position p scores output token p + 1 - len(input_ids): those not
+            # scored yet, short of the last row (it samples the next token)
+            lo = max(start, len(r.input_ids) - 1 + len(r.output_token_logprobs))
+            hi = min(start + n, r.seq_len - 1)
+            if lo < hi:
+                out_spans.append((r, len(index), lo, hi - lo))
+                index.extend(range(offset + lo - start, offset + hi - start))
         if n == r.num_pending:
             sample.append(len(index))
             index.append(offset + n - 1)
         offset += n
-    return LogitRows(index, sample, lp_spans, len(index) == num_tokens)
+    return LogitRows(index, sample, lp_spans, len(index) == num_tokens, out_spans)
 
 
 @dataclass
@@ -129,10 +145,12 @@ class EngineCore:
                      logits: torch.Tensor) -> None:
         """Record input logprobs; the requests whose pending tokens are all computed now
         sample their next token (and may finish)."""
-        if rows.lp_spans:  # (per request: a span's rows stay in cache, not a (R, V) copy)
+        if rows.lp_spans or rows.out_spans:  # (per request: a span's rows stay in cache)
             host = logits.cpu()
             for r, at, pos, cnt in rows.lp_spans:
                 record_input_logprobs(r, torch.log_softmax(host[at:at + cnt], dim=-1), pos)
+            for r, at, pos, cnt in rows.out_spans:
+                record_output_logprobs(r, torch.log_softmax(host[at:at + cnt], dim=-1), pos)
         to_sample = [r for r in batch.reqs if r.num_pending == 0]
         assert len(to_sample) == len(rows.sample), "a sampled request has no logit row"
         self._stats(batch)
@@ -148,7 +166,9 @@ class EngineCore:
                     r.output_top_logprobs.append(top_list(row, r.top_logprobs_num))
                 r.finish_reason = {"type": "length", "length": 0}
                 r.status = ReqStatus.FINISHED
-        keep = [i for i, r in enumerate(reqs) if r.params.max_new_tokens > 0]
+            elif r.finish_when_computed is not None:  # (jump-forward ended it: see Req)
+                finish(r, r.finish_when_computed)
+        keep = [i for i, r in enumerate(reqs) if not r.finished]
         if keep:
             reqs_k = [reqs[i] for i in keep]
             need_lp = any(r.return_logprob for r in reqs_k)

@@ -52,8 +52,11 @@ def jump_forward(req: Req, tok: Tokenizer, scheduler: Scheduler) -> bool:
     state = fsm.retokenized(req.fsm_state, forced, old, new, common)
     if state < 0:
         return False  # the constraint does not take the re-tokenized output (left unchanged)
-    # drop K/V of the changed tail while fill_ids still name the old tokens
-    scheduler.truncate_kv(req, min(req.kv_len, len(req.input_ids) + common))
+    # drop K/V of the changed tail while fill_ids still name the old tokens; with logprobs,
+    # one token more, so the next extend's rows score every token of the new tail
+    keep = len(req.input_ids) + common - (1 if req.return_logprob else 0)
+    scheduler.truncate_kv(req, min(req.kv_len, max(keep, 1)))
+    del req.output_token_logprobs[common:], req.output_top_logprobs[common:]
     req.output_ids = new
     req.fsm_state = state
     req.num_jump_forward_tokens += len(new) - common
@@ -67,12 +70,17 @@ def jump_forward(req: Req, tok: Tokenizer, scheduler: Scheduler) -> bool:
     req.text = req.decoder.text
     if check_stop_strings(req, prev):
         return True
+    reason = None
     if fsm.is_finished(req.fsm_state):
-        finish(req, {"type": "stop", "matched": "constraint"})
+        reason = {"type": "stop", "matched": "constraint"}
     elif len(new) >= req.params.max_new_tokens:
         reason = {"type": "length", "length": req.params.max_new_tokens}
         if not fsm.is_accepting(req.fsm_state):
             reason["incomplete"] = True  # (not a sentence of the constraint)
             reason["message"] = "max_new_tokens reached before the constrained output was complete"
-        finish(req, reason)
+    if reason is not None:
+        if req.return_logprob:  # the new tail's logprobs come from one more extend
+            req.finish_when_computed = reason
+        else:
+            finish(req, reason)
     return True

@@ -30,6 +30,21 @@ def record_input_logprobs(req: Req, logprobs: torch.Tensor, start_pos: int) -> N
             req.input_top_logprobs.append(top_list(logprobs[j], req.top_logprobs_num))
 
 
+def record_output_logprobs(req: Req, logprobs: torch.Tensor, start_pos: int) -> None:
+    """`logprobs[j]` is the distribution after position start_pos + j of the sequence; it
+    scores output tokens already known (jump-forward's re-tokenized tail), in order, each
+    once: so output_token_logprobs stays one entry per output token."""
+    n_in = len(req.input_ids)
+    for j in range(logprobs.shape[0]):
+        k = start_pos + j + 1 - n_in  # the output token this row scores
+        if k != len(req.output_token_logprobs) or k >= len(req.output_ids):
+            continue
+        t = req.output_ids[k]
+        req.output_token_logprobs.append((float(logprobs[j, t]), t, None))
+        if req.top_logprobs_num:
+            req.output_top_logprobs.append(top_list(logprobs[j], req.top_logprobs_num))
+
+
 def append_token(req: Req, token: int, logprobs: torch.Tensor | None, tok: Tokenizer,
                  eos_ids: tuple[int, ...]) -> None:
     """Add one sampled token and finish the request if a stop condition holds."""

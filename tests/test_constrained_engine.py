@@ -127,3 +127,26 @@ def test_the_budget_steers_a_sampled_regex_to_an_end(engine):
 def test_bad_constraints_rejected_at_submit(engine, params, word):
     with pytest.raises((ConstraintError, InvalidRequestError), match=f"(?i){word}"):
         engine.generate("Hi", {**params, "max_new_tokens": 4})
+
+
+def test_jump_forward_tokens_have_their_logprobs(engine):
+    """One output logprob per completion token (SGLang's /generate invariant), the forced
+    tokens scored too (from the extend that computes them), as a teacher-forced pass over the
+    same tokens scores them; the request still ends where the constraint does."""
+    regex = (r'\{\n  "name": "[A-Za-z ]{1,16}",\n  "house": "(Gryffindor|Slytherin|Ravenclaw|'
+             r'Hufflepuff)",\n  "age": [1-9][0-9]?\n\}')
+    ids = engine.tokenizer.encode("Hermione Granger is a character in Harry Potter. Fill in "
+                                  "her information as JSON.\n")
+    r = engine.generate(input_ids=ids, sampling_params={"regex": regex, "temperature": 0,
+                                                        "max_new_tokens": 96},
+                        return_logprob=True, top_logprobs_num=3)
+    m = r["meta_info"]
+    assert re.fullmatch(regex, r["text"]) and m["finish_reason"]["type"] == "stop"
+    assert m["jump_forward_tokens"] > 0
+    assert len(m["output_token_logprobs"]) == len(m["output_top_logprobs"]) == \
+        m["completion_tokens"] == len(r["output_ids"])
+    assert [t for _, t, _ in m["output_token_logprobs"]] == r["output_ids"]
+    ref = engine.generate(input_ids=ids + r["output_ids"], sampling_params={"max_new_tokens": 0},
+                          return_logprob=True, logprob_start_len=len(ids))
+    forced = [lp for lp, _, _ in ref["meta_info"]["input_token_logprobs"]]
+    assert [lp for lp, _, _ in m["output_token_logprobs"]] == pytest.approx(forced, abs=2e-3)

@@ -135,7 +135,7 @@ class _BrokenConstraint:
 
     initial_state = 0
 
-    def allowed_mask(self, state):
+    def allowed_mask(self, state, tokens_left=None):
         from sglc_runtime.errors import ConstraintError
 
         raise ConstraintError("grammar matcher failed: a parser limit")
@@ -146,7 +146,7 @@ class _NarrowConstraint:
 
     initial_state = 0
 
-    def allowed_mask(self, state):
+    def allowed_mask(self, state, tokens_left=None):
         m = torch.zeros(VOCAB - 8, dtype=torch.bool)
         m[7] = True
         return m

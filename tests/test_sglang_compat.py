@@ -193,3 +193,40 @@ def test_every_package_is_installed():
     found = {str(p.parent.relative_to(root)).replace("/", ".")
              for top in ("sglc", "sglc_runtime") for p in (root / top).rglob("__init__.py")}
     assert found == listed, (found ^ listed)
+
+
+def test_sglang_api_spellings_compile_trace_last_node_and_reasoning_names():
+    """SglFunction.compile() (SGLang's spelling up to 0.5.5) is sgl.compile; a trace's
+    `last_node.print_graph_dfs()` prints the program (its compiled graph);
+    SglSeparateReasoning names its variable as SGLang does."""
+    from test_compiler import FakeBackend
+
+    from sglc.compiler import CompiledProgram
+    from sglc.lang.primitives import ProgramError, SglSeparateReasoning
+
+    @sgl.function
+    def few_shot_qa(s, prompt, question):
+        s += prompt
+        s += "Q: What is the capital of France?\nA: Paris\n"
+        s += "Q: " + question + "\nA:" + sgl.gen("answer", stop="\n")
+
+    bound = few_shot_qa.bind(prompt="The following are questions with answers.\n\n")
+    compiled = bound.compile()
+    assert isinstance(compiled, CompiledProgram) and compiled.ir == sgl.compile(bound).ir
+    assert compiled.compile().ir == compiled.ir
+    graph = bound.trace(backend=FakeBackend()).last_node.print_graph_dfs()
+    assert graph == compiled.ir and "gen" in graph and "program few_shot_qa" in graph
+    sep = SglSeparateReasoning("deepseek-r1", sgl.gen("answer"))
+    assert sep.process_name_for_reasoning("x") == "x_reasoning_content"
+    assert sep.name == "answer_reasoning_content"
+    with pytest.raises(ProgramError):
+        sep.process_name_for_reasoning("")
+
+
+@pytest.mark.model
+def test_runtime_endpoint_and_model_name(runtime):
+    """SGLang's tests read `default_backend.endpoint.get_model_name()`."""
+    from sglc_runtime.model_source import default_model_path
+
+    assert runtime.endpoint is runtime
+    assert runtime.endpoint.get_model_name() == str(default_model_path())

@@ -129,3 +129,7 @@ class RuntimeEndpoint(RuntimeBackend):
 
     def get_server_info(self) -> dict:
         return self.engine.http.call("/get_model_info")
+
+    def get_model_name(self) -> str:
+        """The served model's path, as the server reports it (SGLang's spelling)."""
+        return self.engine.config.model_path

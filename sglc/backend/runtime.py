@@ -214,6 +214,18 @@ class Runtime(RuntimeBackend):
     def get_tokenizer(self):
         return self.tokenizer
 
+    @property
+    def endpoint(self) -> Runtime:
+        """SGLang's `Runtime.endpoint` (the `RuntimeEndpoint` it serves through): here the
+        runtime is its own backend, so this is the runtime itself."""
+        return self
+
+    def get_model_name(self) -> str:
+        """The model's path (a GGUF file or Hugging Face folder), as SGLang's endpoint says."""
+        from sglc_runtime.model_source import resolve_model_path
+
+        return str(resolve_model_path(self.engine.config.model_path))
+
     def generate(self, prompt, params=None, **kwargs):
         """Backend call (`params` an SglSamplingParams), or SGLang's `Runtime.generate(prompt,
         sampling_params={...})` returning the engine's result dict."""

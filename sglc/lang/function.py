@@ -21,6 +21,31 @@ def _defaults(max_new_tokens, min_new_tokens, n, stop, stop_token_ids, stop_rege
         logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num)
 
 
+class Trace(str):
+    """What `SglFunction.trace` returns: the constant prefix text, and SGLang's `last_node`."""
+
+    def __new__(cls, prefix: str, program: SglFunction):
+        out = super().__new__(cls, prefix)
+        out.last_node = _TracedGraph(program)
+        return out
+
+
+class _TracedGraph:
+    """A traced program's last node, as SGLang's tracer hands it out: `print_graph_dfs()`
+    prints the whole program, here as its compiled graph's text form."""
+
+    def __init__(self, program: SglFunction):
+        self.program = program
+
+    def print_graph_dfs(self) -> str:
+        from ..compiler import compile as compile_program
+
+        compiled = compile_program(self.program)
+        if compiled.ir is None:
+            return f"(runs eagerly: {compiled.compile_error})"
+        return compiled.ir
+
+
 class SglFunction:
     """A program: `func(s, *args)` appends to the state `s`. `run` executes it once,
     `run_batch` many times concurrently; the sampling arguments of both are the defaults of
@@ -116,15 +141,22 @@ class SglFunction:
         return run_program_batch(self, backend, batch_kwargs, defaults, num_threads,
                                  progress_bar, generator_style)
 
-    def trace(self, *, backend=None, **kwargs) -> str:
+    def trace(self, *, backend=None, **kwargs) -> Trace:
         """The text the program appends, with these arguments, before its first model call
-        (SGLang's `trace`; what `run_batch` and `cache` commit to the prefix cache)."""
+        (SGLang's `trace`; what `run_batch` and `cache` commit to the prefix cache), as a str
+        whose `last_node.print_graph_dfs()` prints the program's compiled graph."""
         from .api import resolve_backend
         from .tracer import constant_prefix
 
         free = tuple(n for n in self.arg_names if n not in kwargs)
-        return constant_prefix(self, resolve_backend(backend), [kwargs], SglSamplingParams(),
-                               free)
+        return Trace(constant_prefix(self, resolve_backend(backend), [kwargs],
+                                     SglSamplingParams(), free), self)
+
+    def compile(self, *, backend=None):
+        """SGLang's spelling (up to 0.5.5) of compiling a program: `sgl.compile(self)`."""
+        from ..compiler import compile as compile_program
+
+        return compile_program(self, backend=backend)
 
     def cache(self, backend=None, **kwargs) -> str:
         """Compute the program's constant prefix once on the backend (SGLang's `cache`), so

@@ -325,7 +325,13 @@ class SglSeparateReasoning(SglExpr):
         if not self.targets or None in self.targets:
             raise ProgramError("separate_reasoning needs named gens or selects "
                                "(sgl.gen('answer', ...))")
-        self.name = self.targets[0] + "_reasoning_content"
+        self.name = self.process_name_for_reasoning(self.targets[0])
+
+    def process_name_for_reasoning(self, name: str) -> str:
+        """The variable a gen's reasoning goes to (SGLang's name for this rule)."""
+        if not name:
+            raise ProgramError("separate_reasoning: the gen or select needs a name")
+        return f"{name}_reasoning_content"
 
     def __repr__(self) -> str:
         return f"SeparateReasoning({self.targets})"
@@ -338,7 +344,7 @@ def var_names(expr: SglExpr) -> list[str]:
         if isinstance(x, (SglGen, SglSelect, SglVarScopeBegin)) and x.name is not None:
             names.append(x.name)
         elif isinstance(x, SglSeparateReasoning):
-            names += [n + "_reasoning_content" for n in x.targets]
+            names += [x.process_name_for_reasoning(n) for n in x.targets]
     return names
 
 

@@ -100,7 +100,7 @@ def apply(state: Snapshot, expr: SglExpr, template) -> Snapshot:
             raise ProgramError(f"var_scope {expr.name!r} ends but never began")
         return state.with_var(expr.name, state.text[start:])
     if isinstance(expr, SglSeparateReasoning):
-        return _separate_reasoning(state, expr.targets)
+        return _separate_reasoning(state, expr)
     raise AssertionError(f"{expr!r} is not a pure step (a model call or a backend effect)")
 
 
@@ -125,17 +125,18 @@ def _role_end(state: Snapshot, role: str, template) -> Snapshot:
                    messages=(*state.messages, {"role": role, "content": content}))
 
 
-def _separate_reasoning(state: Snapshot, targets) -> Snapshot:
+def _separate_reasoning(state: Snapshot, expr) -> Snapshot:
     """Each target's text becomes its answer, the reasoning going to
-    `{name}_reasoning_content` (`split_reasoning`)."""
-    for name in targets:
+    `expr.process_name_for_reasoning(name)` (`split_reasoning`)."""
+    for name in expr.targets:
         text = state.variables.get(name)
         if not isinstance(text, str):
             raise ProgramError(f"separate_reasoning: {name!r} holds no generated text")
         reasoning, answer = split_reasoning(text)
         if state.text.endswith(text):
             state = replace(state, text=state.text[:len(state.text) - len(text)] + answer)
-        state = state.with_var(name, answer).with_var(name + "_reasoning_content", reasoning)
+        state = state.with_var(name, answer).with_var(expr.process_name_for_reasoning(name),
+                                                      reasoning)
     return state
 
 
