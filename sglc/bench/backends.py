@@ -67,7 +67,8 @@ class _ChatTemplateOf:
 
 
 class HFBackend(_ChatTemplateOf, BaseBackend):
-    """HF transformers on the same GGUF (float32), one call at a time."""
+    """HF transformers on the same GGUF, one call at a time: float32 on the CPU, bfloat16 on
+    a GPU (where sglc runs bfloat16 too)."""
 
     def __init__(self, gguf_path):
         super().__init__()
@@ -75,21 +76,25 @@ class HFBackend(_ChatTemplateOf, BaseBackend):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
         folder, name = str(gguf_path.parent), gguf_path.name
         self.tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
-                                                          dtype=torch.float32).eval()
+                                                          dtype=dtype).eval().to(self.device)
         self._init_template(gguf_path)
         self.lock = threading.Lock()
         with torch.no_grad():  # warm up
-            self.model.generate(self.tok("Hello", return_tensors="pt").input_ids,
-                                max_new_tokens=4, do_sample=False,
+            self.model.generate(self._ids("Hello"), max_new_tokens=4, do_sample=False,
                                 pad_token_id=self.tok.eos_token_id)
+
+    def _ids(self, prompt: str):
+        return self.tok(prompt, return_tensors="pt").input_ids.to(self.device)
 
     def generate(self, prompt, params):
         sp, _ = params.to_request()
         stops = _stops(params)
-        ids = self.tok(prompt, return_tensors="pt").input_ids
+        ids = self._ids(prompt)
         kw = {"max_new_tokens": sp.get("max_new_tokens", 128), "do_sample": False,
               "pad_token_id": self.tok.eos_token_id}
         if stops:
@@ -107,7 +112,7 @@ class HFBackend(_ChatTemplateOf, BaseBackend):
         scores = []
         with self.lock, self.torch.no_grad():
             for c in choices:
-                ids = self.tok(prompt + c, return_tensors="pt").input_ids
+                ids = self._ids(prompt + c)
                 lp = self.torch.log_softmax(self.model(ids).logits[0, :-1].float(), -1)
                 tgt = ids[0, 1:]
                 picked = lp.gather(1, tgt.unsqueeze(1)).squeeze(1)[max(n - 1, 0):]
