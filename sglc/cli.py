@@ -62,7 +62,7 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
-class HELP(argparse.ArgumentDefaultsHelpFormatter):
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each flag's default (where it has one)."""
 
     def _get_help_string(self, action):
@@ -74,16 +74,16 @@ class HELP(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sglc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser(
-        "generate", formatter_class=HELP, help="generate text for one prompt (streams to stdout)")
+    g = sub.add_parser("generate", formatter_class=DefaultsHelp,
+                       help="generate text for one prompt (streams to stdout)")
     g.add_argument("prompt")
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     add_engine_args(g)
     g.set_defaults(func=cmd_generate)
-    s = sub.add_parser(
-        "serve", formatter_class=HELP, help="serve the OpenAI-compatible API over HTTP")
+    s = sub.add_parser("serve", formatter_class=DefaultsHelp,
+                       help="serve the OpenAI-compatible API over HTTP")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
     s.add_argument("--port", type=int, default=30000, help="port to listen on")
     s.add_argument("--served-model-name", default=None,
@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="larger request bodies get HTTP 413")
     add_engine_args(s)
     s.set_defaults(func=cmd_serve)
-    b = sub.add_parser(
-        "bench", formatter_class=HELP, help="the workload table: sglc and its peers side by side")
+    b = sub.add_parser("bench", formatter_class=DefaultsHelp,
+                       help="the workload table: sglc and its peers side by side")
     from .bench.run import add_args as add_bench_args
 
     add_bench_args(b)

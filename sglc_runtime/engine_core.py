@@ -167,7 +167,7 @@ class EngineCore:
                 r.finish_reason = {"type": "length", "length": 0}
                 r.status = ReqStatus.FINISHED
             elif r.finish_when_computed is not None:  # (jump-forward ended it: see Req)
-                finish(r, r.finish_when_computed)
+                finish(r, *r.finish_when_computed)
         keep = [i for i, r in enumerate(reqs) if not r.finished]
         if keep:
             reqs_k = [reqs[i] for i in keep]
@@ -190,7 +190,8 @@ class EngineCore:
                     logger.exception("request %d failed after sampling", r.rid)
                     self.fail(r, e)
                     continue
-                if not r.finished and r.seq_len >= self.runner.context_length:
+                if not r.finished and r.finish_when_computed is None and \
+                        r.seq_len >= self.runner.context_length:
                     r.finish_reason = {"type": "length", "length": len(r.output_ids),
                                        "context_length": self.runner.context_length}
                     r.status = ReqStatus.FINISHED

@@ -32,7 +32,7 @@ from .config import EngineConfig
 from .errors import EngineClosedError, EngineDiedError, SglcError
 from .request import Req, ReqStatus
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sglc_runtime.engine_process")  # (its own name when run as __main__)
 
 
 def _emit_log(msg: tuple, pid: int) -> None:
@@ -41,7 +41,8 @@ def _emit_log(msg: tuple, pid: int) -> None:
     lg = logging.getLogger(name)
     if lg.isEnabledFor(level):
         rec = lg.makeRecord(name, level, "(engine process)", 0, text, None, None)
-        rec.created, rec.process, rec.processName = created, pid, f"sglc-engine-{pid}"
+        rec.created, rec.msecs = created, (created - int(created)) * 1000
+        rec.process, rec.processName = pid, f"sglc-engine-{pid}"
         lg.handle(rec)
 
 
@@ -56,8 +57,8 @@ class _ToCaller(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.send(("log", record.name, record.levelno, self.format(record), record.created))
-        except Exception:  # noqa: BLE001 - the caller is gone: nobody to tell
-            pass
+        except Exception:  # noqa: BLE001 - logging's own report of a failed handler
+            self.handleError(record)
 
 
 def pack_error(e: BaseException) -> tuple[str, str]:

@@ -68,7 +68,7 @@ def jump_forward(req: Req, tok: Tokenizer, scheduler: Scheduler) -> bool:
     req.decoder = IncrementalDecoder(tok, req.params.skip_special_tokens)
     req.decoder.step(new)
     req.text = req.decoder.text
-    if check_stop_strings(req, prev):
+    if check_stop_strings(req, prev, defer=req.return_logprob):
         return True
     reason = None
     if fsm.is_finished(req.fsm_state):
@@ -80,7 +80,7 @@ def jump_forward(req: Req, tok: Tokenizer, scheduler: Scheduler) -> bool:
             reason["message"] = "max_new_tokens reached before the constrained output was complete"
     if reason is not None:
         if req.return_logprob:  # the new tail's logprobs come from one more extend
-            req.finish_when_computed = reason
+            req.finish_when_computed = (reason, False)
         else:
             finish(req, reason)
     return True

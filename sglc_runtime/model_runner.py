@@ -28,12 +28,13 @@ def load_model(cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Tokeni
     """Resolve `cfg.model_path`, read weights and tokenizer, build the model in `cfg.dtype`.
     Engines in one process share a loaded model (inference never writes the weights)."""
     path = resolve_model_path(cfg.model_path)
+    asked_int4 = cfg.quantization == "int4"  # (asked for: kept even where it is not exact)
     cfg.quantization = resolve_quantization(path, cfg)
     key = (str(path.resolve()), cfg.dtype, cfg.device, cfg.quantization,
            cfg.disable_prepacked_linear, cfg.disable_fp32_logits, cfg.disable_cpu_kernels,
            cfg.enable_deterministic_inference)
     if key not in _LOADED:
-        _LOADED[key] = _load(path, cfg)
+        _LOADED[key] = _load(path, cfg, asked_int4)
     return _LOADED[key]
 
 
@@ -53,7 +54,8 @@ def resolve_quantization(path, cfg: EngineConfig) -> str | None:
     return "int4" if gguf_projections_are_4bit(path) else None
 
 
-def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Tokenizer]:
+def _load(path, cfg: EngineConfig, asked_int4: bool = False
+          ) -> tuple[ModelConfig, LlamaForCausalLM, Tokenizer]:
     t0 = time.perf_counter()
     if path.is_dir():
         mcfg, weights = load_hf_folder(path)
@@ -84,8 +86,12 @@ def _load(path, cfg: EngineConfig) -> tuple[ModelConfig, LlamaForCausalLM, Token
             from .loader import gguf_q4_projections, gguf_q8_head
 
             q4, q8 = gguf_q4_projections(reader, mcfg), gguf_q8_head(reader)
-        if q4 is not None or not cfg.enable_deterministic_inference:  # (torch's int4: rows
-            enable_int4_decode(model, q4=q4, head_q8=q8,  # <= 4 read other weights)
+        if q4 is None and cfg.enable_deterministic_inference and not asked_int4:
+            logger.info("int4 decode off: without the file's own Q4_0/Q4_1 codes it would run "
+                        "torch's int4 on requantized weights at <= 4 rows, which deterministic "
+                        "inference rules out (--quantization int4 asks for it anyway)")
+        else:
+            enable_int4_decode(model, q4=q4, head_q8=q8,
                                all_rows=cfg.enable_deterministic_inference)
     if cfg.device == "cpu" and not cfg.disable_prepacked_linear:
         from .model.packed_linear import prepack_linears, prepacked_linear_available

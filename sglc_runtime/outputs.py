@@ -79,25 +79,30 @@ def append_token(req: Req, token: int, logprobs: torch.Tensor | None, tok: Token
         return finish(req, reason)
 
 
-def check_stop_strings(req: Req, prev_len: int) -> bool:
+def check_stop_strings(req: Req, prev_len: int, defer: bool = False) -> bool:
     """Finish `req` if a stop string (or a `stop_regex` match) ends in the text added after
-    `prev_len` characters."""
+    `prev_len` characters (`defer`: the text is cut now, the finish waits in
+    `req.finish_when_computed`)."""
     p = req.params
     for s in p.stop_strs:
         at = req.text.find(s, max(0, prev_len - len(s) + 1))
         if at >= 0:
-            return _stop_at(req, at, s)
+            return _stop_at(req, at, s, defer)
     for pat in p.stop_patterns:  # a match may start anywhere, so search the whole output
         m = pat.search(req.text)
         if m is not None and m.end() > prev_len:
-            return _stop_at(req, m.start(), pat.pattern)
+            return _stop_at(req, m.start(), pat.pattern, defer)
     return False
 
 
-def _stop_at(req: Req, at: int, matched: str) -> bool:
+def _stop_at(req: Req, at: int, matched: str, defer: bool = False) -> bool:
     if not req.params.no_stop_trim:
         req.text = req.text[:at]
-    finish(req, {"type": "stop", "matched": matched}, keep_text=True)
+    reason = {"type": "stop", "matched": matched}
+    if defer:
+        req.finish_when_computed = (reason, True)
+    else:
+        finish(req, reason, keep_text=True)
     return True
 
 

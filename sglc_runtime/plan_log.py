@@ -52,6 +52,16 @@ def _linear_path(lin, cpu: bool) -> str:
     return "; ".join(parts)
 
 
+def _linears_fixed_order(layer) -> bool:
+    """Whether every projection runs the 4-bit kernel at every row count."""
+    from .model.int4 import Int4DecodeLinear
+
+    projs = (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj,
+             layer.mlp.down_proj)
+    return all(isinstance(p, Int4DecodeLinear) and p.q4 is not None and p.max_rows == 0
+               and p.q4_max_rows > 1 << 40 for p in projs)
+
+
 def log_plan(cfg, model, attention) -> None:
     """One block of info lines about what this engine runs (cfg: the resolved EngineConfig)."""
     if not logger.isEnabledFor(logging.INFO):
@@ -84,7 +94,8 @@ def log_plan(cfg, model, attention) -> None:
     elif cpu and cpu_decoder_available() and cfg.dtype == torch.bfloat16:
         off.append("fused decoder (a projection has no 4-bit packing: the file is not "
                    "Q4_0/Q4_1 throughout, or --quantization none)")
-    det = getattr(attention, "deterministic", False)
+    det = attention.is_deterministic(cfg.device) if hasattr(attention, "is_deterministic") \
+        else False
     lines.append(f"attention: {attention.name}" +
                  (", decode rows through the C kernel" if getattr(attention, "cpu_kernel", False)
                   and cpu_kernels_available() else "") +
@@ -92,6 +103,9 @@ def log_plan(cfg, model, attention) -> None:
     if cfg.enable_deterministic_inference and not det:
         off.append("deterministic inference (needs bf16 on the CPU with the C kernels: rows "
                    "may still depend on their batch here)")
+    elif det and not _linears_fixed_order(layer):
+        off.append("deterministic inference for the linears (no 4-bit packing of the file's "
+                   "own codes: oneDNN's sums depend on the rows in a call)")
     if off:
         lines.append("off: " + "; ".join(off))
     for line in lines:

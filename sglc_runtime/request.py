@@ -57,9 +57,9 @@ class Req:
     token_counts: torch.Tensor | None = None  # (vocab,) output token counts, for penalties
     num_retractions: int = 0
     num_jump_forward_tokens: int = 0
-    # a finish decided by jump-forward, taken once the forced tail is computed (its output
-    # logprobs come from that extend) instead of sampling a token then
-    finish_when_computed: dict | None = None
+    # a finish decided by jump-forward, (reason, keep_text) for outputs.finish, taken once the
+    # forced tail is computed (its output logprobs come from that extend) instead of sampling
+    finish_when_computed: tuple[dict, bool] | None = None
     created: float = field(default_factory=time.perf_counter)
     result: dict | None = None  # the result dict, when it was built elsewhere (engine process)
     continuation: Any = None  # the rest of a program segment (continuation.py), or None

@@ -5,6 +5,7 @@ The scheduler owns all KV bookkeeping: rows, slots, radix-cache locks."""
 from __future__ import annotations
 
 import logging
+import sys
 from collections import deque
 from dataclasses import dataclass
 
@@ -17,6 +18,9 @@ from .request import Req, ReqStatus
 
 logger = logging.getLogger(__name__)
 
+#: a deterministic step's padded attention table, rows x widest sequence (int64 slots: 256 MB);
+#: the default model's largest step (4096 rows x 8192) fits, longer contexts take fewer rows
+MAX_STEP_PADDED_SLOTS = 1 << 25
 IN_BATCH_PREFIX_MIN = 32  # uncached tokens two new requests must share for one to wait
 
 
@@ -172,15 +176,19 @@ class Scheduler:
     def _extend_batch(self, reqs: list[Req]) -> ScheduledBatch | None:
         budget = max(self.cfg.max_prefill_tokens, self.cfg.chunked_prefill_size)
         chosen, lens, locs = [], [], []
+        rows = width = 0  # the step's padded attention table so far: rows x width slots
         for req in reqs:
+            room = self._padded_room(rows, width, req, first=not chosen)
             if req.num_pending == 1:  # decoding alongside: no prefill budget, skip if no room
-                loc = self._alloc(1)
+                loc = self._alloc(1) if room is None or room >= 1 else None
                 if loc is not None:
                     chosen.append(req)
                     lens.append(1)
                     locs.append(loc)
+                    rows, width = rows + 1, max(width, req.kv_len + 1)
                 continue
-            n = min(req.num_pending, self.cfg.chunked_prefill_size, budget)
+            n = min(req.num_pending, self.cfg.chunked_prefill_size, budget,
+                    sys.maxsize if room is None else room)
             if n <= 0:
                 continue
             loc = self._alloc(n)
@@ -193,11 +201,22 @@ class Scheduler:
             lens.append(n)
             locs.append(loc)
             budget -= n
+            rows, width = rows + n, max(width, req.kv_len + n)
         if not chosen:
             if not self._retract_one(exclude=None):
                 raise RuntimeError("KV pool too small to make progress on any request")
             return self._form_batch()  # no admission now: the retracted one must wait
         return ScheduledBatch(False, chosen, lens, torch.cat(locs))
+
+    def _padded_room(self, rows: int, width: int, req: Req, first: bool) -> int | None:
+        """With deterministic inference every row of a step attends as a padded one-query row
+        (attention/metadata.py: a rows x widest-sequence table of slots): how many rows `req`
+        may add within MAX_STEP_PADDED_SLOTS (at least one for a step's first request);
+        None without it."""
+        if not self.cfg.enable_deterministic_inference:
+            return None
+        wide = max(width, req.kv_len + min(req.num_pending, self.cfg.chunked_prefill_size))
+        return max(MAX_STEP_PADDED_SLOTS // wide - rows, 1 if first else 0)
 
     def _decode_batch(self) -> ScheduledBatch:
         while self._available() < len(self.running):

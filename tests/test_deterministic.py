@@ -35,15 +35,23 @@ def det_engine(request):
     (the engine process reads SGLC_CPU_Q4_ISA)."""
     if request.param is None:
         pytest.skip("deterministic inference runs on the CPU's bf16 kernels (AVX-512-BF16)")
-    from sglc_runtime.engine import Engine
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SGLC_CPU_Q4_ISA", request.param)
-    eng = Engine(max_total_tokens=16384)
-    mp.undo()
+    eng = _engine(request.param, max_total_tokens=16384)
+    eng.isa = request.param  # (for engines a test builds beside it)
     assert eng.config.enable_deterministic_inference
     yield eng
     eng.shutdown()
+
+
+def _engine(isa: str, **kwargs):
+    """An engine whose process runs the 4-bit kernel on `isa`."""
+    from sglc_runtime.engine import Engine
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SGLC_CPU_Q4_ISA", isa)
+    try:
+        return Engine(**kwargs)
+    finally:
+        mp.undo()
 
 
 def _prompts(eng) -> list[list[int]]:
@@ -74,6 +82,22 @@ def test_cold_cached_batched_and_among_strangers_agree(det_engine):
                  for i in range(3)]
     mixed = eng.generate(input_ids=strangers + prompts, sampling_params=SP)
     assert [r["output_ids"] for r in mixed[3:]] == cold
+
+
+def test_a_prompt_prefilled_in_chunks_gives_the_same_tokens(det_engine):
+    """Chunked prefill (chunks of 64 here): each chunk's rows attend the keys the chunks
+    before them stored, and the steps that sample nothing hand the LM head no rows."""
+    prompt = det_engine.tokenizer.encode("A list of colors: " + ", ".join(
+        ["red", "green", "blue", "yellow", "purple", "orange"] * 20) + ". The next one is")
+    assert len(prompt) > 200
+    det_engine.flush_cache()
+    whole = det_engine.generate(input_ids=prompt, sampling_params=SP)["output_ids"]
+    chunked = _engine(det_engine.isa, max_total_tokens=4096, chunked_prefill_size=64,
+                      max_prefill_tokens=64)
+    try:
+        assert chunked.generate(input_ids=prompt, sampling_params=SP)["output_ids"] == whole
+    finally:
+        chunked.shutdown()
 
 
 @pytest.mark.parametrize("program", SAMPLES)

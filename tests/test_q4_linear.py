@@ -118,6 +118,14 @@ def test_a_rows_result_does_not_depend_on_the_rows_beside_it(isa, bits):
     assert torch.equal(shifted[2:3], alone)
 
 
+def test_zero_rows_give_an_empty_result(isa):
+    """(A chunked-prefill step that samples nothing hands the LM head no rows.)"""
+    codes, d, m = random_q4(32, 64)
+    for packed in (pack_q4(codes, d, m), pack_q8(*random_q8(32, 64))):
+        out = cpu_q4_linear(torch.zeros(0, 64).bfloat16(), packed, 32, out_dtype=torch.float32)
+        assert out.shape == (0, 32)
+
+
 def test_isa_can_be_forced_and_reported():
     with pytest.raises(ValueError, match="isa"):
         set_cpu_q4_isa("sse2")

@@ -44,16 +44,21 @@ class AttentionBackend:
         gather a padded copy of every row's keys, which would copy a prefix per new token)."""
         return 1
 
-    def max_padded_slots(self) -> int | None:
+    def max_padded_slots(self, device) -> int | None:
         """Past this many padded slots short extends attend per request (None: never)."""
         return MAX_PADDED_SLOTS
+
+    def masks_padding(self, device) -> bool:
+        """Whether padded rows need `kv_mask` and padding pointed at slot 0 (a reader that
+        gathers them does; one that reads only each row's `kv_lens` does not)."""
+        return True
 
     def init_metadata(self, table: torch.Tensor, is_decode: bool, rows: list[int],
                       prefix_lens: list[int], extend_lens: list[int], device,
                       cascade: bool = True) -> AttentionMetadata:
         return build_metadata(table, is_decode, rows, prefix_lens, extend_lens, device, cascade,
                               self.min_cascade_rows(device), self.short_extend(device),
-                              self.max_padded_slots())
+                              self.max_padded_slots(device), self.masks_padding(device))
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor | None,
                 v: torch.Tensor | None, fb, pool: TokenToKVPool, scale: float) -> torch.Tensor:
@@ -115,25 +120,34 @@ class TorchAttention(AttentionBackend):
         self.heads = heads  # (n_q, n_kv, head_dim) of the model, where known
         # every query through the decode kernel's rows (each reads its keys in one order
         # however the batch is laid out), no cascade: only where the kernel takes the rows
-        self.deterministic = deterministic and self._kernel_rows("cpu")
+        self.deterministic = deterministic
 
     def _kernel_rows(self, device) -> bool:
         """Whether decode rows go through the C kernel here (it reads the pool in place)."""
         return (self.cpu_kernel and torch.device(device).type == "cpu" and self.heads is not None
                 and cpu_decode_shape_ok(*self.heads) and cpu_kernels_available())
 
+    def is_deterministic(self, device) -> bool:
+        """Whether every query here attends in one summation order (deterministic inference
+        asked for, and the C kernel takes the rows on this device)."""
+        return self.deterministic and self._kernel_rows(device)
+
     def min_cascade_rows(self, device) -> int:
-        if self.deterministic:
+        if self.is_deterministic(device):
             return sys.maxsize  # (a cascade merges two partial softmaxes: other roundings)
         return CPU_CASCADE_MIN_ROWS[self.impl] if torch.device(device).type == "cpu" else 0
 
     def short_extend(self, device) -> int:
         if not self._kernel_rows(device):
             return 1
-        return sys.maxsize if self.deterministic else SHORT_EXTEND
+        return sys.maxsize if self.is_deterministic(device) else SHORT_EXTEND
 
-    def max_padded_slots(self) -> int | None:
-        return None if self.deterministic else MAX_PADDED_SLOTS
+    def max_padded_slots(self, device) -> int | None:
+        # (deterministic: the scheduler bounds a step's padded slots, Scheduler._extend_batch)
+        return None if self.is_deterministic(device) else MAX_PADDED_SLOTS
+
+    def masks_padding(self, device) -> bool:
+        return not self.is_deterministic(device)  # (the kernel reads kv_lens[i] slots only)
 
     def forward(self, layer, q, k, v, fb, pool, scale):
         if k is not None:  # (None: the caller stored them, see LlamaAttention)

@@ -52,13 +52,16 @@ def build_metadata(table: torch.Tensor, is_decode: bool, rows: list[int],
                    prefix_lens: list[int], extend_lens: list[int], device,
                    cascade: bool = True, min_saved_rows: int = 0,
                    short_extend: int = 1,
-                   max_padded_slots: int | None = MAX_PADDED_SLOTS) -> AttentionMetadata:
+                   max_padded_slots: int | None = MAX_PADDED_SLOTS,
+                   mask_padding: bool = True) -> AttentionMetadata:
     """The layout of a batch whose request i (KV table row `rows[i]`, already holding the new
     tokens' slots) adds `extend_lens[i]` tokens after `prefix_lens[i]` cached ones. A shared
     prefix of S slots is attended once (cascade) when `cascade` and the rows it saves reading,
     (b - 1) * S, reach `min_saved_rows` (the backend's break-even). Requests adding at most
     `short_extend` tokens attend as padded one-query rows (see AttentionMetadata), unless
-    that pads more than `max_padded_slots` slots (None: however many)."""
+    that pads more than `max_padded_slots` slots (None: however many). Without
+    `mask_padding` the padded rows keep whatever slots follow each row's `kv_lens` (for a
+    reader of kv_lens only: no mask, no masked copy of the table)."""
     # (the shared prefix is at most the shortest prefix: skip the search when that cannot pay)
     can_pay = (len(rows) - 1) * min(prefix_lens, default=0) >= min_saved_rows
     S = shared_prefix_len(table, rows, prefix_lens, extend_lens) if cascade and can_pay else 0
@@ -89,7 +92,7 @@ def build_metadata(table: torch.Tensor, is_decode: bool, rows: list[int],
         md.kv_lens = torch.tensor(lens, device=device)
         idx = torch.tensor([rows[i] for i, _ in rows_of], device=device)
         md.padded_kv_indices = table[idx, S:S + max_len]
-        if min(lens) < max_len:  # rows of equal length (batch 1 always) need no mask
+        if mask_padding and min(lens) < max_len:  # (equal lengths, batch 1 always: no mask)
             mask = torch.arange(max_len, device=device).unsqueeze(0) < md.kv_lens.unsqueeze(1)
             md.padded_kv_indices = md.padded_kv_indices * mask  # (b, L), padding reads slot 0
             md.kv_mask = mask[:, None, None, :]

@@ -70,8 +70,8 @@ class TokenFSM:
             mask = torch.zeros(self.vocab_size, dtype=torch.bool)
             mask[self.allowed_tokens(state)] = True
             self._masks[state] = mask
-        if tokens_left is None or state == self.final_state:
-            return mask
+        if tokens_left is None or state == self.final_state or tokens_left > self.num_states:
+            return mask  # (no shortest way to acceptance is longer than the states)
         dist, worst = self.tokens_to_accept()
         if worst[state] <= tokens_left - 1:
             return mask  # every allowed token leaves the budget enough

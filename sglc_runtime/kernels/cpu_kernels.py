@@ -167,7 +167,9 @@ def cpu_q4_linear_available() -> bool:
         return False
     want = os.environ.get("SGLC_CPU_Q4_ISA", "amx")
     if want not in ("amx", "avx512"):
-        raise ValueError(f"SGLC_CPU_Q4_ISA must be 'amx' or 'avx512', got {want!r}")
+        from ..errors import InvalidRequestError
+
+        raise InvalidRequestError(f"SGLC_CPU_Q4_ISA must be 'amx' or 'avx512', got {want!r}")
     lib.q4_use_amx(int(want == "amx" and _amx_granted()))
     return True
 

@@ -396,21 +396,22 @@ static int linear_avx512(const uint16_t *x, int64_t x_stride, const uint8_t *w, 
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
-        uint16_t *panel = rows > V_ROWS ? _mm_malloc(sizeof(uint16_t) * V_NB * 16 * k, 64)
-                                        : (uint16_t *)x; /* (streamed: no panel) */
-        if (!panel) {
+        /* (streamed rows need no panel) */
+        uint16_t *panel = rows > V_ROWS ? _mm_malloc(sizeof(uint16_t) * V_NB * 16 * k, 64) : NULL;
+        int lost = rows > V_ROWS && !panel;
+        if (lost) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; t++) {
-            if (!panel) continue;
+            if (lost) continue;
             int64_t b0 = t * per;
             int nb = nblocks - b0 < per ? (int)(nblocks - b0) : per;
             panel_avx512(x, x_stride, w, blk_bytes, b0, nb, k, y, y_stride, rows, bits, out_f32,
                          panel);
         }
-        if (rows > V_ROWS) _mm_free(panel);
+        _mm_free(panel); /* (NULL: nothing) */
     }
     return failed ? 4 : 0;
 }
@@ -434,6 +435,7 @@ int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, void *
                    int num_threads) {
     if (k % 32 || n % 16 || rows < 0 || (bits != 4 && bits != 8)) return 1;
     int64_t nblocks = n / 16, blk_bytes = (k / 32) * (bits == 4 ? GROUP_BYTES : Q8_GROUP_BYTES);
+    if (rows == 0) return 0;
     if (!use_amx)
         return linear_avx512(x, x_stride, w, y, y_stride, rows, nblocks, k, blk_bytes, bits,
                              out_f32, num_threads);
