@@ -20,4 +20,9 @@ void bf16_silu_mul(const uint16_t *gu, int64_t gu_stride, int64_t T, int64_t F, 
 int bf16_q4_linear(const uint16_t *x, int64_t x_stride, const uint8_t *w, void *y,
                    int64_t y_stride, int64_t rows, int64_t n, int64_t k, int bits, int out_f32,
                    int num_threads);
+/* bf16_q4_linear's AVX-512 path (cpu_q4_avx512.c): nblocks = n / 16, blk_bytes one column
+ * block's packed bytes */
+int q4_linear_avx512(const uint16_t *x, int64_t x_stride, const uint8_t *w, void *y,
+                     int64_t y_stride, int64_t rows, int64_t nblocks, int64_t k, int64_t blk_bytes,
+                     int bits, int out_f32, int num_threads);
 #endif

@@ -30,7 +30,8 @@ _SOURCES = tuple(_HERE / f for f in ("cpu_decode_attention.c", "cpu_rms_norm.c",
                                       "cpu_refine_logits.c"))
 # a library of its own: a compiler without AMX intrinsics (GCC < 11) loses only this one;
 # it holds the other kernels too, for the decoder driver (cpu_decoder.c) that runs them all
-_Q4_SOURCES = (_HERE / "cpu_q4_linear.c", _HERE / "cpu_decoder.c", *_SOURCES)
+_Q4_SOURCES = (_HERE / "cpu_q4_linear.c", _HERE / "cpu_q4_avx512.c", _HERE / "cpu_decoder.c",
+               *_SOURCES)
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES = {
     "bf16_decode_attention": ([_P, _P, _P, _P, _I64, _P, _P, _I, _I, _I, _I, _I64,

@@ -23,7 +23,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-_HEADERS = (_HERE / "bf16.h", _HERE / "exp512.h", _HERE / "cpu_kernels.h")  # (cache key too)
+_HEADERS = (_HERE / "bf16.h", _HERE / "exp512.h", _HERE / "cpu_kernels.h",  # (cache key too)
+            _HERE / "q4_dequant.h")
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma",
           "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
 _NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "fma"}
