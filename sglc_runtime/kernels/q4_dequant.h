@@ -17,7 +17,7 @@ static inline __m512bh dequant_brow(const uint8_t *codes, __m512 dlo, __m512 mlo
     const __m512 values = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     __m128i b = _mm_loadu_si128((const __m128i *)codes);
     __m512i clo = _mm512_cvtepu8_epi32(b);  /* low nibbles in bits 0-3 */
-    __m512i chi = _mm512_cvtepu8_epi32(_mm_srli_epi16(b, 4));  /* high nibbles there */
+    __m512i chi = _mm512_srli_epi32(clo, 4); /* high nibbles there (one shuffle, not two) */
     __m512 lo = _mm512_fmadd_ps(_mm512_permutexvar_ps(clo, values), dlo, mlo);
     __m512 hi = _mm512_fmadd_ps(_mm512_permutexvar_ps(chi, values), dhi, mhi);
     return _mm512_cvtne2ps_pbh(hi, lo);
