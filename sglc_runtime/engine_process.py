@@ -196,13 +196,14 @@ class ProcessDriver:
             done.set()
 
     def _apply(self, updates: list) -> None:
-        for rid, keep, delta, num_ids, new_lps, new_tops, final in updates:
+        for rid, keep, delta, num_ids, lps_kept, new_lps, new_tops, final in updates:
             r = self._reqs.get(rid)
             if r is None:
                 continue
             r.text = r.text[:keep] + delta
             r.output_ids[num_ids:] = []
             r.output_ids.extend([0] * (num_ids - len(r.output_ids)))  # counts only until final
+            del r.output_token_logprobs[lps_kept:], r.output_top_logprobs[lps_kept:]
             r.output_token_logprobs.extend(new_lps)
             r.output_top_logprobs.extend(new_tops)
             if final is not None:
@@ -260,13 +261,15 @@ class ProcessDriver:
 # ---- the engine process --------------------------------------------------------------------------
 def _updates(reqs: list[Req], sent: dict[int, list]) -> list[tuple]:
     """What the caller's mirrors lack: text (with how much of the old text stands), the number of
-    output ids, new logprob entries, and the result once finished."""
+    output ids, new logprob entries (with how many of those sent stand: jump-forward's
+    re-tokenization can take back the last ones), and the result once finished."""
     from .outputs import make_result
 
     out = []
     for r in reqs:
         text_sent, num_lps = sent.setdefault(r.rid, ["", 0])
         keep = len(os.path.commonprefix([text_sent, r.text]))
+        num_lps = min(num_lps, len(r.output_token_logprobs))  # (each step sends: see above)
         final = None
         if r.finished:
             final = ("error", pack_error(r.error)) if r.error is not None \
@@ -275,7 +278,7 @@ def _updates(reqs: list[Req], sent: dict[int, list]) -> list[tuple]:
         else:
             sent[r.rid] = [r.text, len(r.output_token_logprobs)]
         tops = r.output_top_logprobs[num_lps:] if r.top_logprobs_num else []
-        out.append((r.rid, keep, r.text[keep:], len(r.output_ids),
+        out.append((r.rid, keep, r.text[keep:], len(r.output_ids), num_lps,
                     r.output_token_logprobs[num_lps:], tops, final))
     return out
 

@@ -150,3 +150,27 @@ def test_jump_forward_tokens_have_their_logprobs(engine):
                           return_logprob=True, logprob_start_len=len(ids))
     forced = [lp for lp, _, _ in ref["meta_info"]["input_token_logprobs"]]
     assert [lp for lp, _, _ in m["output_token_logprobs"]] == pytest.approx(forced, abs=2e-3)
+
+
+def test_the_callers_mirror_takes_back_logprobs_a_retokenization_replaced():
+    """The engine process sends each step's new logprob entries; when jump-forward's
+    re-tokenization replaced entries already sent, the mirror drops them before extending."""
+    from sglc_runtime.engine_process import ProcessDriver, _updates
+    from sglc_runtime.request import new_request
+    from sglc_runtime.sampling_params import SamplingParams
+
+    child = new_request([1, 2], SamplingParams(max_new_tokens=8), True, None, 0, rid=7)
+    mirror = new_request([1, 2], SamplingParams(max_new_tokens=8), True, None, 0, rid=7)
+    driver = object.__new__(ProcessDriver)  # (only its mirror bookkeeping)
+    driver._reqs = {7: mirror}
+    sent: dict = {}
+    child.output_ids, child.output_token_logprobs = [5, 6, 7], [(-1.0, 5, None),
+                                                                (-2.0, 6, None),
+                                                                (-3.0, 7, None)]
+    driver._apply(_updates([child], sent))
+    child.output_ids = [5, 9, 10]  # tokens 6, 7 re-tokenized into 9, 10: their entries go
+    del child.output_token_logprobs[1:]
+    driver._apply(_updates([child], sent))
+    child.output_token_logprobs += [(-0.5, 9, None), (-0.25, 10, None)]  # (the next extend)
+    driver._apply(_updates([child], sent))
+    assert mirror.output_token_logprobs == child.output_token_logprobs
