@@ -36,6 +36,26 @@ if not _cuda():  # Triton kernels run through the interpreter on the CPU (before
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(params=["amx", "avx512"])
+def isa(request):
+    """The 4-bit kernel (kernels/cpu_q4_linear.c) on one instruction set for the test, in this
+    process: AMX where it runs, AVX-512 (the path of CPUs without AMX) everywhere it builds."""
+    from sglc_runtime.kernels.cpu_kernels import (
+        cpu_q4_linear_available,
+        cpu_q4_linear_isa,
+        set_cpu_q4_isa,
+    )
+
+    if not cpu_q4_linear_available():
+        pytest.skip("the 4-bit kernel needs AVX-512-BF16 and a C compiler")
+    before = cpu_q4_linear_isa()
+    if set_cpu_q4_isa(request.param) != request.param:
+        set_cpu_q4_isa(before)
+        pytest.skip(f"{request.param} does not run here")
+    yield request.param
+    set_cpu_q4_isa(before)
+
+
 @pytest.fixture(scope="session")
 def engine():
     """The default model in float32 (what the HF oracle computes in), checking KV invariants

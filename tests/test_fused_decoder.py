@@ -36,19 +36,6 @@ def det_runner():
     return _runner(deterministic=True)
 
 
-@pytest.fixture(params=["amx", "avx512"])
-def isa(request):
-    """The 4-bit kernel on one instruction set (AMX only where it runs)."""
-    from sglc_runtime.kernels.cpu_kernels import cpu_q4_linear_isa, set_cpu_q4_isa
-
-    before = cpu_q4_linear_isa()
-    if set_cpu_q4_isa(request.param) != request.param:
-        set_cpu_q4_isa(before)
-        pytest.skip(f"{request.param} does not run here")
-    yield request.param
-    set_cpu_q4_isa(before)
-
-
 def _prefilled(runner, prompt_lens, seed):
     """Requests whose prompts sit in the runner's pool (computed by the Python path)."""
     g = torch.Generator().manual_seed(seed)

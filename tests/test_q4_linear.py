@@ -30,19 +30,6 @@ needs_kernel = pytest.mark.skipif(not cpu_q4_linear_available(),
                                   reason="the 4-bit kernel needs AVX-512-BF16 and a C compiler")
 
 
-@pytest.fixture(params=["amx", "avx512"])
-def isa(request):
-    """The kernel on one instruction set for the test (AMX only where it runs)."""
-    if not cpu_q4_linear_available():
-        pytest.skip("the 4-bit kernel needs AVX-512-BF16 and a C compiler")
-    before = cpu_q4_linear_isa()
-    if set_cpu_q4_isa(request.param) != request.param:
-        set_cpu_q4_isa(before)
-        pytest.skip(f"{request.param} does not run here")
-    yield request.param
-    set_cpu_q4_isa(before)
-
-
 def random_blocks(type_name: str, rows: int, k: int, seed: int = 0) -> np.ndarray:
     """Rows of GGUF blocks with random codes and plausible float16 scales and offsets."""
     rng = np.random.default_rng(seed)
