@@ -94,8 +94,7 @@ def log_plan(cfg, model, attention) -> None:
     elif cpu and cpu_decoder_available() and cfg.dtype == torch.bfloat16:
         off.append("fused decoder (a projection has no 4-bit packing: the file is not "
                    "Q4_0/Q4_1 throughout, or --quantization none)")
-    det = attention.is_deterministic(cfg.device) if hasattr(attention, "is_deterministic") \
-        else False
+    det = attention.is_deterministic(cfg.device)
     lines.append(f"attention: {attention.name}" +
                  (", decode rows through the C kernel" if getattr(attention, "cpu_kernel", False)
                   and cpu_kernels_available() else "") +

@@ -38,6 +38,10 @@ class AttentionBackend:
         attention call and merge (0: any shared prefix of MIN_SHARED_PREFIX slots)."""
         return 0
 
+    def is_deterministic(self, device) -> bool:
+        """Whether every query attends in one summation order however the batch is laid out."""
+        return False
+
     def short_extend(self, device) -> int:
         """Requests adding at most this many tokens attend as one-query rows of the padded
         call (metadata.SHORT_EXTEND where decode rows read the pool in place; 1 where they
